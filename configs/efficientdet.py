@@ -1,0 +1,70 @@
+"""EfficientDet D0-D7x: one ConfigDict holding every model, data, train and eval setting.
+
+Defaults are the official ones (google/automl `efficientdet/hparams_config.py`).
+Use as `--config configs/efficientdet.py:d3` and override any field from the
+command line, e.g. `--config.model.fpn_num_filters=96`.
+"""
+import ml_collections
+
+# name: (backbone, image_size, fpn_num_filters, fpn_cell_repeats, box_class_repeats, extra)
+_MODELS = {
+    'd0': ('efficientnet-b0', 512, 64, 3, 3, {}),
+    'd1': ('efficientnet-b1', 640, 88, 4, 3, {}),
+    'd2': ('efficientnet-b2', 768, 112, 5, 3, {}),
+    'd3': ('efficientnet-b3', 896, 160, 6, 4, {}),
+    'd4': ('efficientnet-b4', 1024, 224, 7, 4, {}),
+    'd5': ('efficientnet-b5', 1280, 288, 7, 4, {}),
+    'd6': ('efficientnet-b6', 1280, 384, 8, 5, {'fpn_weight_method': 'sum'}),
+    'd7': ('efficientnet-b6', 1536, 384, 8, 5,
+           {'fpn_weight_method': 'sum', 'anchor_scale': 5.0}),
+    'd7x': ('efficientnet-b7', 1536, 384, 8, 5,
+            {'fpn_weight_method': 'sum', 'max_level': 8}),
+}
+
+MODEL_NAMES = tuple(_MODELS)
+
+
+def model_config(name: str) -> ml_collections.ConfigDict:
+  """The architecture settings of one EfficientDet size."""
+  if name not in _MODELS:
+    raise ValueError(f'unknown EfficientDet size {name!r}; expected one of {MODEL_NAMES}')
+  backbone, image_size, filters, cells, heads, extra = _MODELS[name]
+  m = ml_collections.ConfigDict()
+  m.name = f'efficientdet-{name}'
+  m.backbone = backbone
+  m.image_size = image_size            # int, or (height, width)
+  m.min_level = 3
+  m.max_level = 7
+  m.num_classes = 90
+  m.num_scales = 3
+  m.aspect_ratios = (1.0, 2.0, 0.5)
+  m.anchor_scale = 4.0
+  m.fpn_num_filters = filters
+  m.fpn_cell_repeats = cells
+  m.box_class_repeats = heads
+  m.fpn_weight_method = 'fastattn'     # 'fastattn' | 'attn' (softmax) | 'sum'
+  m.separable_conv = True
+  m.apply_bn_for_resampling = True
+  m.conv_after_downsample = False
+  m.act_type = 'swish'
+  m.batch_norm_momentum = 0.99
+  m.batch_norm_epsilon = 1e-3
+  # Stochastic depth. The official D0 turns it off in the backbone; the other
+  # backbones keep EfficientNet's 0.8. None disables it.
+  m.backbone_survival_prob = None if backbone == 'efficientnet-b0' else 0.8
+  m.head_survival_prob = None
+  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
+  m.dtype = 'float32'
+  # Convolution formulation: 'auto' picks per backend (see models/layers.py).
+  m.conv_impl = 'auto'
+  m.mean_rgb = (123.675, 116.28, 103.53)
+  m.stddev_rgb = (58.395, 57.12, 57.375)
+  for key, value in extra.items():
+    m[key] = value
+  return m
+
+
+def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.model = model_config(arg)
+  return config

@@ -1,0 +1,2 @@
+"""EfficientDet in JAX/Flax."""
+__version__ = '0.1.0'

@@ -1,0 +1,12 @@
+"""EfficientDet as Flax modules."""
+import ml_collections
+
+from effdet_jax.models.efficientdet import EfficientDet
+
+
+def build_model(config: ml_collections.ConfigDict) -> EfficientDet:
+  """The EfficientDet module for a full config (or its `model` section)."""
+  return EfficientDet(config.model if 'model' in config else config)
+
+
+__all__ = ['EfficientDet', 'build_model']

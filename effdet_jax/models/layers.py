@@ -1,0 +1,195 @@
+"""Convolutions with TF `SAME` padding and the official parameter layouts.
+
+Kernels keep TensorFlow's shapes (`HWIO` for convolutions, `[kh, kw, C, 1]` for
+depthwise, `[1, 1, Cin, Cout]` for pointwise) so that official checkpoints load
+by name alone.
+
+Two formulations compute the same numbers:
+- `native`: XLA convolutions (`feature_group_count` for depthwise), what TPU
+  and GPU run best.
+- `matmul`: 1x1 convolutions as matrix products and depthwise convolutions as
+  a sum of shifted multiply-adds. On CPU, XLA's grouped convolution is about
+  10x slower and its 1x1 convolution about 3x slower than these.
+`auto` picks `matmul` on CPU and `native` elsewhere.
+"""
+from typing import Any, Callable, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Initializer = Callable[..., jax.Array]
+CONV_IMPLS = ('auto', 'native', 'matmul')
+
+
+def resolve_conv_impl(impl: str) -> str:
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'model.conv_impl must be one of {CONV_IMPLS}, got {impl!r}')
+  if impl == 'auto':
+    return 'matmul' if jax.default_backend() == 'cpu' else 'native'
+  return impl
+
+
+def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
+  """TF `SAME` padding: the extra pixel goes after (bottom/right)."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def _pad_same(x: jax.Array, kernel: Tuple[int, int], stride: int) -> jax.Array:
+  ph = same_padding(x.shape[1], kernel[0], stride)
+  pw = same_padding(x.shape[2], kernel[1], stride)
+  if ph == (0, 0) and pw == (0, 0):
+    return x
+  return jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, impl: str) -> jax.Array:
+  """Dense convolution, `kernel` in HWIO."""
+  kh, kw = kernel.shape[:2]
+  if impl == 'matmul' and kh == 1 and kw == 1 and stride == 1:
+    return jnp.einsum('bhwc,cd->bhwd', x, kernel[0, 0])
+  return jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), 'SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, impl: str) -> jax.Array:
+  """Depthwise convolution, `kernel` in TF's `[kh, kw, C, 1]`."""
+  kh, kw, channels, multiplier = kernel.shape
+  if multiplier != 1:
+    raise ValueError(f'depth multiplier {multiplier} is not supported (kernel {kernel.shape})')
+  if impl == 'native':
+    return jax.lax.conv_general_dilated(
+        x, kernel.reshape(kh, kw, 1, channels), (stride, stride), 'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=channels)
+  out_h = -(-x.shape[1] // stride)
+  out_w = -(-x.shape[2] // stride)
+  xp = _pad_same(x, (kh, kw), stride)
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      window = jax.lax.slice(
+          xp, (0, i, j, 0),
+          (xp.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, channels),
+          (1, stride, stride, 1))
+      term = window * kernel[i, j, :, 0]
+      out = term if out is None else out + term
+  return out
+
+
+def tf_conv_init(key, shape, dtype=jnp.float32):
+  """EfficientNet's conv init: normal with stddev sqrt(2 / fan_out)."""
+  fan_out = int(np.prod(shape[:2])) * shape[-1]
+  return jax.random.normal(key, shape, dtype) * np.sqrt(2.0 / fan_out)
+
+
+class Conv(nn.Module):
+  """Dense convolution (`kernel`, optional `bias`), TF `SAME` padding."""
+  features: int
+  kernel_size: int = 1
+  stride: int = 1
+  use_bias: bool = True
+  impl: str = 'native'
+  dtype: Any = jnp.float32
+  kernel_init: Initializer = nn.initializers.glorot_uniform()
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
+    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.impl)
+    if self.use_bias:
+      y = y + self.param('bias', self.bias_init, (self.features,)).astype(self.dtype)
+    return y
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise convolution without bias, as the EfficientNet blocks use it."""
+  kernel_size: int = 3
+  stride: int = 1
+  impl: str = 'native'
+  dtype: Any = jnp.float32
+  kernel_init: Initializer = tf_conv_init
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param('depthwise_kernel', self.kernel_init, (k, k, x.shape[-1], 1))
+    return depthwise_conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.impl)
+
+
+class SeparableConv(nn.Module):
+  """Keras `SeparableConv2D`: depthwise, pointwise, then bias."""
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = True
+  impl: str = 'native'
+  dtype: Any = jnp.float32
+  depthwise_init: Initializer = nn.initializers.glorot_uniform()
+  pointwise_init: Initializer = nn.initializers.glorot_uniform()
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    channels = x.shape[-1]
+    dw = self.param('depthwise_kernel', self.depthwise_init, (k, k, channels, 1))
+    pw = self.param('pointwise_kernel', self.pointwise_init, (1, 1, channels, self.features))
+    y = depthwise_conv2d(x.astype(self.dtype), dw.astype(self.dtype), 1, self.impl)
+    y = conv2d(y, pw.astype(self.dtype), 1, self.impl)
+    if self.use_bias:
+      y = y + self.param('bias', self.bias_init, (self.features,)).astype(self.dtype)
+    return y
+
+
+def batch_norm(train: bool, momentum: float, epsilon: float, dtype: Any, name: str) -> nn.BatchNorm:
+  """BatchNorm over every leading axis of the global batch.
+
+  Under `jit` with a batch-sharded input the mean and variance are reduced
+  across devices by XLA, so this is synchronized BatchNorm without an axis name.
+  """
+  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
+                      dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def activation(x: jax.Array, act_type: str) -> jax.Array:
+  if act_type == 'swish':
+    return jax.nn.swish(x)
+  if act_type == 'relu':
+    return jax.nn.relu(x)
+  if act_type == 'relu6':
+    return jax.nn.relu6(x)
+  raise ValueError(f"model.act_type must be 'swish', 'relu' or 'relu6', got {act_type!r}")
+
+
+def drop_connect(x: jax.Array, survival_prob: float, rng: jax.Array) -> jax.Array:
+  """Stochastic depth as the official: keep a whole example with `survival_prob`, rescale."""
+  keep = jnp.floor(survival_prob + jax.random.uniform(rng, (x.shape[0], 1, 1, 1), x.dtype))
+  return x / survival_prob * keep
+
+
+def max_pool_same(x: jax.Array, window: Sequence[int], strides: Sequence[int]) -> jax.Array:
+  """Max-pool with TF `SAME` padding (padding never wins the max)."""
+  return nn.max_pool(x, tuple(window), tuple(strides), padding='SAME')
+
+
+def resize_nearest(x: jax.Array, height: int, width: int) -> jax.Array:
+  """TF1 `resize_nearest_neighbor` (no corner alignment, no half-pixel centres)."""
+  in_h, in_w = x.shape[1:3]
+  if height % in_h == 0 and width % in_w == 0:
+    return jnp.repeat(jnp.repeat(x, height // in_h, axis=1), width // in_w, axis=2)
+  rows = np.floor(np.arange(height) * (in_h / height)).astype(np.int32)
+  cols = np.floor(np.arange(width) * (in_w / width)).astype(np.int32)
+  return x[:, rows][:, :, cols]
+
+
+def dtype_of(name: str):
+  if name not in ('float32', 'bfloat16'):
+    raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {name!r}")
+  return jnp.dtype(name)
+
+
