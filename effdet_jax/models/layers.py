@@ -146,14 +146,45 @@ class SeparableConv(nn.Module):
     return y
 
 
-def batch_norm(train: bool, momentum: float, epsilon: float, dtype: Any, name: str) -> nn.BatchNorm:
-  """BatchNorm over every leading axis of the global batch.
+class BatchNorm(nn.Module):
+  """BatchNorm over every leading axis of the (global) batch.
 
-  Under `jit` with a batch-sharded input the mean and variance are reduced
-  across devices by XLA, so this is synchronized BatchNorm without an axis name.
+  Under `jit` with a batch-sharded input the statistics are reduced across
+  devices by XLA, so training gives synchronized BatchNorm without an axis
+  name. Inference folds the statistics into one multiply-add,
+  `x * inv + (beta - mean * inv)`, as TF's fused kernel does; with
+  ill-conditioned statistics the order of these float32 operations is visible
+  in the outputs, and this order reproduces the official ones.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
-                      dtype=dtype, param_dtype=jnp.float32, name=name)
+  momentum: float = 0.99
+  epsilon: float = 1e-3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    channels = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (channels,))
+    bias = self.param('bias', nn.initializers.zeros, (channels,))
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((channels,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((channels,), jnp.float32))
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      xf = x.astype(jnp.float32)
+      mean = jnp.mean(xf, axes)
+      var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    inv = jax.lax.rsqrt(var + self.epsilon) * scale
+    return x * inv.astype(self.dtype) + (bias - mean * inv).astype(self.dtype)
+
+
+def batch_norm(train: bool, momentum: float, epsilon: float, dtype: Any, name: str):
+  """A BatchNorm applied in train or inference mode, for one-line call sites."""
+  module = BatchNorm(momentum, epsilon, dtype, name=name)
+  return lambda x: module(x, train)
 
 
 def activation(x: jax.Array, act_type: str) -> jax.Array:

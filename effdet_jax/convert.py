@@ -1,0 +1,251 @@
+"""Official automl EfficientDet / EfficientNet checkpoints -> Flax variables.
+
+The Flax tree mirrors the official Keras names, so conversion is a renaming:
+the backbone scope `backbone` <-> `efficientnet-bN`, BatchNorm `scale`/`bias`/
+`mean`/`var` <-> `gamma`/`beta`/`moving_mean`/`moving_variance`. Nothing is
+guessed: every model variable must be found with its shape and every
+checkpoint variable used, else the error lists what is missing, unexpected or
+mis-shaped.
+
+    python -m effdet_jax.convert --config configs/efficientdet.py:d0 \
+        --checkpoint efficientdet-d0.tar.gz --output converted/d0
+"""
+import glob
+import os
+import re
+import tarfile
+import tempfile
+from typing import Dict, Optional, Tuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from effdet_jax.models import build_model
+
+EMA_SUFFIX = '/ExponentialMovingAverage'
+CLASS_PREDICT = 'class_net/class-predict/'
+_BN_NAMES = {'scale': 'gamma', 'bias': 'beta', 'mean': 'moving_mean', 'var': 'moving_variance'}
+# Checkpoint entries that are not model weights.
+_NOT_WEIGHTS = re.compile(r'(^global_step$|/Momentum$|/momentum$|/RMSProp(_1)?$|/Adam(_1)?$'
+                          r'|^beta[12]_power$|^_CHECKPOINTABLE_OBJECT_GRAPH$|^Variable$)')
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint and the model disagree; the message lists every difference."""
+
+
+def resolve_checkpoint(path: str) -> str:
+  """The checkpoint prefix for a directory, a prefix, or a released `.tar.gz`."""
+  if path.endswith(('.tar.gz', '.tgz', '.tar')):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'checkpoint archive {path!r} does not exist')
+    target = tempfile.mkdtemp(prefix='effdet_ckpt_')
+    with tarfile.open(path) as tar:
+      tar.extractall(target, filter='data')
+    path = target
+  if os.path.isdir(path):
+    return _prefix_in_directory(path)
+  if os.path.exists(path + '.index'):
+    return path
+  raise FileNotFoundError(
+      f'{path!r} is not a TF checkpoint: expected a directory with a `checkpoint` file, '
+      f'a prefix with a `.index` file beside it, or a `.tar.gz` of one')
+
+
+def _prefix_in_directory(directory: str) -> str:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for root, _, files in sorted(os.walk(directory)):
+    if 'checkpoint' in files:
+      prefix = tf.train.latest_checkpoint(root)
+      if prefix:
+        return prefix
+  indexes = sorted(glob.glob(os.path.join(directory, '**', '*.index'), recursive=True))
+  if len(indexes) == 1:
+    return indexes[0][:-len('.index')]
+  raise FileNotFoundError(
+      f'no TF checkpoint in {directory!r}: expected one `checkpoint` file or exactly one '
+      f'`*.index` file, found {len(indexes)} index files')
+
+
+def read_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  reader = tf.train.load_checkpoint(prefix)
+  return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def official_name(collection: str, path: Tuple[str, ...], backbone: str) -> str:
+  """The checkpoint name of one Flax leaf, e.g.
+  ('params', ('backbone', 'stem', 'tpu_batch_normalization', 'scale')) ->
+  'efficientnet-b0/stem/tpu_batch_normalization/gamma'."""
+  *scopes, leaf = path
+  if scopes and scopes[0] == 'backbone':
+    scopes[0] = backbone
+  is_bn = collection == 'batch_stats' or (leaf in ('scale', 'bias') and _is_bn_scope(scopes))
+  return '/'.join(scopes + [_BN_NAMES[leaf] if is_bn else leaf])
+
+
+def _is_bn_scope(scopes) -> bool:
+  name = scopes[-1]
+  return name == 'bn' or 'batch_normalization' in name or re.search(r'-bn-\d+$', name) is not None
+
+
+def _flatten(tree, prefix=()):
+  for key, value in tree.items():
+    if isinstance(value, dict) or hasattr(value, 'items'):
+      yield from _flatten(value, prefix + (key,))
+    else:
+      yield prefix + (key,), value
+
+
+def _unflatten(items):
+  tree = {}
+  for path, value in items:
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = value
+  return tree
+
+
+def abstract_variables(config: ml_collections.ConfigDict):
+  """Shapes of the model's variables, without computing anything."""
+  model = build_model(config)
+  size = config.model.image_size
+  height, width = (size, size) if isinstance(size, int) else tuple(size)
+  return jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, height, width, 3)), train=False))
+
+
+def init_variables(config: ml_collections.ConfigDict, rng: jax.Array):
+  model = build_model(config)
+  size = config.model.image_size
+  height, width = (size, size) if isinstance(size, int) else tuple(size)
+  return jax.jit(lambda r: model.init(r, jnp.zeros((1, height, width, 3)), train=False))(rng)
+
+
+def load_official_checkpoint(path: str, config: ml_collections.ConfigDict, *,
+                             use_ema: Optional[bool] = None,
+                             reinit_class_head: bool = False,
+                             backbone_only: bool = False,
+                             rng: Optional[jax.Array] = None):
+  """Variables (`{'params', 'batch_stats'}`) for `model.apply` from an official checkpoint.
+
+  Args:
+    path: checkpoint directory, prefix, or released `.tar.gz`.
+    config: the full config; its `model` section must describe the checkpoint.
+    use_ema: None takes the exponential-moving-average weights when the
+      checkpoint has them; True requires them; False takes the raw weights.
+    reinit_class_head: fine-tuning to another `num_classes`: the class
+      predictor (`class_net/class-predict`) is freshly initialized, every other
+      variable comes from the checkpoint.
+    backbone_only: the checkpoint is an EfficientNet (ImageNet) one: only the
+      backbone is loaded, everything else is freshly initialized; the
+      classifier head of the checkpoint is left unused.
+    rng: for the freshly initialized parts (default: PRNGKey(0)).
+  """
+  prefix = resolve_checkpoint(path)
+  ckpt = read_checkpoint(prefix)
+  backbone = config.model.backbone
+  has_ema = any(name.endswith(EMA_SUFFIX) for name in ckpt)
+  if use_ema and not has_ema:
+    raise CheckpointMismatchError(f'{prefix}: use_ema=True but the checkpoint has no '
+                                  f'`*{EMA_SUFFIX}` variables')
+  ema = has_ema if use_ema is None else use_ema
+  logging.info('Loading %s weights from %s', 'EMA' if ema else 'raw (non-EMA)', prefix)
+
+  def fresh(name: str) -> bool:
+    if backbone_only:
+      return not name.startswith(backbone + '/')
+    return reinit_class_head and name.startswith(CLASS_PREDICT)
+
+  shapes = abstract_variables(config)
+  fresh_vars = None
+  if backbone_only or reinit_class_head:
+    fresh_vars = init_variables(config, rng if rng is not None else jax.random.PRNGKey(0))
+  missing, mismatched, used = [], [], set()
+  out = {}
+  for collection in ('params', 'batch_stats'):
+    items = []
+    for path, abstract in _flatten(shapes[collection]):
+      name = official_name(collection, path, backbone)
+      if fresh(name):
+        value = _lookup(fresh_vars[collection], path)
+        items.append((path, jnp.asarray(value)))
+        continue
+      key = name + EMA_SUFFIX if ema else name
+      if key not in ckpt:
+        missing.append(key)
+        continue
+      used.add(key)
+      value = ckpt[key]
+      if tuple(value.shape) != tuple(abstract.shape):
+        mismatched.append(f'{key}: checkpoint {list(value.shape)}, model {list(abstract.shape)}')
+        continue
+      items.append((path, jnp.asarray(value, abstract.dtype)))
+    out[collection] = _unflatten(items)
+
+  unexpected = sorted(name for name in ckpt if name not in used and not _ignorable(
+      name, ema, backbone, backbone_only, reinit_class_head))
+  if missing or mismatched or unexpected:
+    lines = [f'checkpoint {prefix} does not match {config.model.name}:']
+    for title, names in (('missing from the checkpoint', missing),
+                         ('shape mismatch', mismatched),
+                         ('unexpected in the checkpoint (not used by the model)', unexpected)):
+      if names:
+        lines.append(f'  {title} ({len(names)}):')
+        lines.extend(f'    {n}' for n in names[:50])
+        if len(names) > 50:
+          lines.append(f'    ... and {len(names) - 50} more')
+    raise CheckpointMismatchError('\n'.join(lines))
+  logging.info('Loaded %d variables from %s', len(used), prefix)
+  return out
+
+
+def _lookup(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _ignorable(name: str, ema: bool, backbone: str, backbone_only: bool,
+               reinit_class_head: bool) -> bool:
+  if _NOT_WEIGHTS.search(name):
+    return True
+  is_ema = name.endswith(EMA_SUFFIX)
+  if is_ema != ema:       # the other weight set
+    return True
+  base = name[:-len(EMA_SUFFIX)] if is_ema else name
+  if _NOT_WEIGHTS.search(base):
+    return True
+  if backbone_only:
+    # The ImageNet classifier (`head/`) and anything outside the backbone.
+    return not base.startswith(backbone + '/') or base.startswith(backbone + '/head/')
+  return reinit_class_head and base.startswith(CLASS_PREDICT)
+
+
+def main(argv):
+  del argv
+  from effdet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  config = FLAGS.config
+  variables = load_official_checkpoint(
+      FLAGS.checkpoint, config, use_ema=FLAGS.use_ema,
+      reinit_class_head=FLAGS.reinit_class_head, backbone_only=FLAGS.backbone_only)
+  checkpoint.save_variables(FLAGS.output, variables, config)
+  print(f'wrote {FLAGS.output}')
+
+
+if __name__ == '__main__':
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  FLAGS = flags.FLAGS
+  config_flags.DEFINE_config_file('config', None, 'config file, e.g. configs/efficientdet.py:d0')
+  flags.DEFINE_string('checkpoint', None, 'official checkpoint: directory, prefix or .tar.gz')
+  flags.DEFINE_string('output', None, 'directory for the converted orbax checkpoint')
+  flags.DEFINE_bool('use_ema', None, 'default: EMA weights when present')
+  flags.DEFINE_bool('reinit_class_head', False, 'fresh class predictor (other num_classes)')
+  flags.DEFINE_bool('backbone_only', False, 'EfficientNet ImageNet checkpoint: backbone only')
+  flags.mark_flags_as_required(['config', 'checkpoint', 'output'])
+  app.run(main)
