@@ -2,7 +2,9 @@
 
 Defaults are the official ones (google/automl `efficientdet/hparams_config.py`).
 Use as `--config configs/efficientdet.py:d3` and override any field from the
-command line, e.g. `--config.model.fpn_num_filters=96`.
+command line, e.g. `--config.model.fpn_num_filters=96`. The `model` section is
+what the model reads today; `data`, `loss`, `train` and `eval` hold the
+official recipe for the training and evaluation code built on top of it.
 """
 import ml_collections
 
@@ -32,7 +34,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
   m.name = f'efficientdet-{name}'
   m.backbone = backbone
-  m.image_size = image_size            # int, or (height, width)
+  m.image_size = (image_size, image_size)   # (height, width), multiples of 2**max_level
   m.min_level = 3
   m.max_level = 7
   m.num_classes = 90
@@ -65,6 +67,46 @@ def model_config(name: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
+  """The paper's COCO recipe for one size (`arg` in d0 ... d7, d7x)."""
   config = ml_collections.ConfigDict()
+  config.seed = 0
   config.model = model_config(arg)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.input_rand_hflip = True
+  config.data.jitter_min = 0.1
+  config.data.jitter_max = 2.0
+  config.data.max_instances_per_image = 100
+  config.data.skip_crowd_during_training = True
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.alpha = 0.25              # focal loss
+  config.loss.gamma = 1.5
+  config.loss.label_smoothing = 0.0
+  config.loss.delta = 0.1               # Huber box loss
+  config.loss.box_loss_weight = 50.0
+  config.loss.iou_loss_type = None      # None | 'iou' | 'giou' | 'diou' | 'ciou'
+  config.loss.iou_loss_weight = 1.0
+
+  config.train = ml_collections.ConfigDict()
+  config.train.global_batch_size = 128
+  config.train.num_epochs = 600 if arg in ('d7', 'd7x') else 300
+  config.train.optimizer = 'sgd'
+  config.train.momentum = 0.9
+  # Peak learning rate for the global batch: 0.08 per 64 images.
+  config.train.learning_rate = 0.08 * config.train.global_batch_size / 64
+  config.train.lr_warmup_init = 0.008
+  config.train.lr_warmup_epochs = 1.0
+  config.train.lr_decay_method = 'cosine'
+  config.train.clip_gradients_norm = 10.0
+  config.train.weight_decay = 4e-5
+  config.train.ema_decay = 0.9998
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.nms_method = 'gaussian'   # 'gaussian' (soft-NMS) | 'hard'
+  config.eval.nms_iou_threshold = 0.5
+  config.eval.nms_sigma = 0.5
+  config.eval.score_threshold = 0.001
+  config.eval.max_nms_inputs = 5000
+  config.eval.max_detections = 100
   return config

@@ -110,20 +110,23 @@ def _unflatten(items):
   return tree
 
 
+def _init_input(config: ml_collections.ConfigDict) -> jax.Array:
+  """The smallest valid input: variable shapes do not depend on the image size."""
+  side = 2 ** config.model.max_level
+  return jnp.zeros((1, side, side, 3))
+
+
 def abstract_variables(config: ml_collections.ConfigDict):
   """Shapes of the model's variables, without computing anything."""
   model = build_model(config)
-  size = config.model.image_size
-  height, width = (size, size) if isinstance(size, int) else tuple(size)
   return jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, height, width, 3)), train=False))
+      lambda: model.init(jax.random.PRNGKey(0), _init_input(config), train=False))
 
 
 def init_variables(config: ml_collections.ConfigDict, rng: jax.Array):
+  """Freshly initialized variables, as the official initializers draw them."""
   model = build_model(config)
-  size = config.model.image_size
-  height, width = (size, size) if isinstance(size, int) else tuple(size)
-  return jax.jit(lambda r: model.init(r, jnp.zeros((1, height, width, 3)), train=False))(rng)
+  return jax.jit(lambda r: model.init(r, _init_input(config), train=False))(rng)
 
 
 def load_official_checkpoint(path: str, config: ml_collections.ConfigDict, *,

@@ -9,4 +9,10 @@ def build_model(config: ml_collections.ConfigDict) -> EfficientDet:
   return EfficientDet(config.model if 'model' in config else config)
 
 
-__all__ = ['EfficientDet', 'build_model']
+def image_hw(config: ml_collections.ConfigDict):
+  """The model's input `(height, width)` from a full config."""
+  size = config.model.image_size
+  return (size, size) if isinstance(size, int) else tuple(size)
+
+
+__all__ = ['EfficientDet', 'build_model', 'image_hw']

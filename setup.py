@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name='effdet_jax',
+    version='0.1.0',
+    description='EfficientDet D0-D7x in JAX/Flax: official checkpoints, sharded training, export.',
+    packages=find_packages(include=['effdet_jax', 'effdet_jax.*', 'configs', 'configs.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'jax>=0.7',
+        'flax>=0.10',
+        'optax>=0.2',
+        'orbax-checkpoint>=0.11',
+        'ml_collections>=1.0',
+        'absl-py>=2.0',
+        'numpy>=1.26',
+        'tensorflow-cpu>=2.16',
+        'tensorflow-datasets>=4.9',
+        'pycocotools>=2.0.8',
+        'pillow>=10',
+    ],
+    extras_require={
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'hypothesis>=6', 'scikit-image>=0.22'],
+    },
+)

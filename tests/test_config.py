@@ -1,0 +1,40 @@
+from absl import flags
+import pytest
+from ml_collections import config_flags
+
+from configs import efficientdet
+
+
+def test_official_settings_per_size():
+  d0 = efficientdet.get_config('d0').model
+  assert (d0.backbone, d0.image_size, d0.fpn_num_filters, d0.fpn_cell_repeats,
+          d0.box_class_repeats) == ('efficientnet-b0', (512, 512), 64, 3, 3)
+  assert d0.fpn_weight_method == 'fastattn' and d0.backbone_survival_prob is None
+  assert (d0.min_level, d0.max_level, d0.num_classes, d0.anchor_scale) == (3, 7, 90, 4.0)
+  assert (d0.batch_norm_momentum, d0.batch_norm_epsilon, d0.act_type) == (0.99, 1e-3, 'swish')
+  d6 = efficientdet.get_config('d6').model
+  assert d6.fpn_weight_method == 'sum' and d6.backbone_survival_prob == 0.8
+  d7 = efficientdet.get_config('d7').model
+  assert (d7.backbone, d7.image_size, d7.anchor_scale, d7.max_level) == (
+      'efficientnet-b6', (1536, 1536), 5.0, 7)
+  d7x = efficientdet.get_config('d7x').model
+  assert (d7x.backbone, d7x.anchor_scale, d7x.max_level) == ('efficientnet-b7', 4.0, 8)
+  train = efficientdet.get_config('d0').train
+  assert train.learning_rate == pytest.approx(0.16) and train.global_batch_size == 128
+  assert efficientdet.get_config('d7').train.num_epochs == 600
+
+
+def test_unknown_size_is_rejected():
+  with pytest.raises(ValueError, match='unknown EfficientDet size'):
+    efficientdet.get_config('d9')
+
+
+def test_command_line_overrides():
+  argv = ['prog', f'--config={efficientdet.__file__}:d2', '--config.model.fpn_num_filters=96',
+          '--config.model.fpn_weight_method=attn']
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv, sys_argv=argv)
+  fv(argv)
+  assert fv.config.model.name == 'efficientdet-d2'
+  assert fv.config.model.fpn_num_filters == 96
+  assert fv.config.model.fpn_weight_method == 'attn'

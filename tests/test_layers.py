@@ -1,0 +1,73 @@
+"""The CPU formulations (matmul, shifted multiply-adds) equal XLA's convolutions."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from effdet_jax.models import layers
+
+
+@pytest.mark.parametrize('size,kernel,stride', [
+    ((16, 16), 3, 1), ((16, 16), 3, 2), ((15, 17), 5, 2), ((9, 8), 5, 1), ((7, 7), 3, 2)])
+def test_depthwise_formulations_agree(size, kernel, stride):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 6))
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 6, 1))
+  native = layers.depthwise_conv2d(x, w, stride, 'native')
+  shifted = layers.depthwise_conv2d(x, w, stride, 'matmul')
+  assert native.shape == (2, -(-size[0] // stride), -(-size[1] // stride), 6)
+  np.testing.assert_allclose(shifted, native, atol=1e-5, rtol=1e-5)
+
+
+def test_pointwise_formulations_agree():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 12))
+  w = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 12, 20))
+  np.testing.assert_allclose(layers.conv2d(x, w, 1, 'matmul'), layers.conv2d(x, w, 1, 'native'),
+                             atol=1e-5, rtol=1e-5)
+
+
+def test_same_padding_puts_the_extra_pixel_last():
+  assert layers.same_padding(512, 3, 2) == (0, 1)
+  assert layers.same_padding(64, 5, 2) == (1, 2)
+  assert layers.same_padding(7, 3, 1) == (1, 1)
+  # A stride-2 3x3 conv over an even size reads rows 0..2 first: no top padding.
+  x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+  w = jnp.zeros((3, 3, 1, 1)).at[0, 0, 0, 0].set(1.0)
+  np.testing.assert_array_equal(layers.conv2d(x, w, 2, 'native')[0, :, :, 0], [[0, 2], [8, 10]])
+
+
+def test_max_pool_ignores_padding():
+  x = -jnp.ones((1, 4, 4, 1))
+  assert float(layers.max_pool_same(x, (3, 3), (2, 2)).max()) == -1.0
+
+
+def test_resize_nearest_matches_tf1_indexing():
+  x = jnp.arange(3.0).reshape(1, 3, 1, 1)
+  # in 3 -> out 5: source row floor(i * 3 / 5)
+  np.testing.assert_array_equal(layers.resize_nearest(x, 5, 1)[0, :, 0, 0], [0, 0, 1, 1, 2])
+  y = jnp.arange(4.0).reshape(1, 2, 2, 1)
+  np.testing.assert_array_equal(layers.resize_nearest(y, 4, 4)[0, :, :, 0],
+                                np.repeat(np.repeat(np.arange(4.0).reshape(2, 2), 2, 0), 2, 1))
+
+
+def test_batch_norm_inference_and_training():
+  bn = layers.BatchNorm(momentum=0.9, epsilon=1e-3)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 3, 5)) * 2 + 1
+  variables = bn.init(jax.random.PRNGKey(1), x, train=False)
+  variables = {'params': {'scale': jnp.full(5, 2.0), 'bias': jnp.full(5, 0.5)},
+               'batch_stats': {'mean': jnp.full(5, 1.0), 'var': jnp.full(5, 4.0)}}
+  y = bn.apply(variables, x, train=False)
+  np.testing.assert_allclose(y, (x - 1.0) / np.sqrt(4.0 + 1e-3) * 2.0 + 0.5, rtol=1e-5, atol=1e-5)
+  y, updates = bn.apply(variables, x, train=True, mutable=['batch_stats'])
+  mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+  np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-3) * 2.0 + 0.5, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(updates['batch_stats']['mean'], 0.9 * 1.0 + 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(updates['batch_stats']['var'], 0.9 * 4.0 + 0.1 * var, rtol=1e-5)
+
+
+def test_bad_settings_are_named():
+  with pytest.raises(ValueError, match='conv_impl'):
+    layers.resolve_conv_impl('fast')
+  with pytest.raises(ValueError, match='model.dtype'):
+    layers.dtype_of('float16')
+  with pytest.raises(ValueError, match='act_type'):
+    layers.activation(jnp.zeros(1), 'gelu')

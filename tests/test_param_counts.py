@@ -1,0 +1,26 @@
+"""Trainable and total parameter counts equal the official Keras models', to the parameter."""
+import json
+import os
+
+import pytest
+
+from configs.efficientdet import MODEL_NAMES, get_config
+from effdet_jax.tools.model_stats import count_params
+from conftest import PARITY
+
+# The official trainable counts (the paper's table rounds these).
+OFFICIAL_TRAINABLE = {
+    'd0': 3880067, 'd1': 6625898, 'd2': 8097039, 'd3': 12032296, 'd4': 20723675,
+    'd5': 33653315, 'd6': 51871782, 'd7': 51871782, 'd7x': 77147166,
+}
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_parameter_counts_match_official(name):
+  trainable, total = count_params(get_config(name))
+  assert trainable == OFFICIAL_TRAINABLE[name]
+  path = os.path.join(PARITY, 'official_param_counts.json')
+  if os.path.exists(path):
+    official = json.load(open(path))[f'efficientdet-{name}']
+    assert trainable == official['trainable']
+    assert total == official['total']
