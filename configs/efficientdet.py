@@ -59,6 +59,9 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   m.dtype = 'float32'
   # Convolution formulation: 'auto' picks per backend (see models/layers.py).
   m.conv_impl = 'auto'
+  # Images per chunk of the inference forward pass; 0 picks per backend
+  # (see models/inference.py).
+  m.inference_chunk_size = 0
   m.mean_rgb = (123.675, 116.28, 103.53)
   m.stddev_rgb = (58.395, 57.12, 57.375)
   for key, value in extra.items():

@@ -71,3 +71,12 @@ def test_bad_settings_are_named():
     layers.dtype_of('float16')
   with pytest.raises(ValueError, match='act_type'):
     layers.activation(jnp.zeros(1), 'gelu')
+
+
+@pytest.mark.parametrize('size,kernel,stride,cin', [
+    ((16, 16), 3, 2, 3), ((15, 13), 3, 2, 4), ((9, 10), 3, 1, 5), ((8, 8), 5, 2, 2)])
+def test_dense_formulations_agree(size, kernel, stride, cin):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, cin))
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, cin, 7))
+  np.testing.assert_allclose(layers.conv2d(x, w, stride, 'matmul'),
+                             layers.conv2d(x, w, stride, 'native'), atol=1e-4, rtol=1e-5)

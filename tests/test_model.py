@@ -114,3 +114,23 @@ def test_d7x_has_level_8():
   out = jax.eval_shape(lambda: model.init_with_output(
       jax.random.PRNGKey(0), jnp.zeros((1, 1536, 1536, 3)), train=False))[0]
   assert [c.shape[1] for c in out[0]] == [192, 96, 48, 24, 12, 6]
+
+
+def test_chunked_inference_equals_whole_batch(images, reference):
+  from effdet_jax.models import inference
+  variables, (cls_whole, box_whole) = reference
+  config = tiny_config(conv_impl='native', inference_chunk_size=1)
+  model = build_model(config)
+  cls_chunked, box_chunked = jax.jit(lambda v, x: inference.forward(model, v, x))(
+      variables, images)
+  for a, b in zip(cls_whole + box_whole, cls_chunked + box_chunked):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_chunk_size_divides_the_batch():
+  from effdet_jax.models.inference import chunk_size_for
+  assert chunk_size_for(4, 8) == 4
+  assert chunk_size_for(3, 8) == 2
+  assert chunk_size_for(16, 8) == 8
+  with pytest.raises(ValueError, match='inference_chunk_size'):
+    chunk_size_for(-1, 8)

@@ -38,22 +38,40 @@ def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def _pad_same(x: jax.Array, kernel: Tuple[int, int], stride: int) -> jax.Array:
-  ph = same_padding(x.shape[1], kernel[0], stride)
-  pw = same_padding(x.shape[2], kernel[1], stride)
-  if ph == (0, 0) and pw == (0, 0):
-    return x
-  return jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
-
-
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, impl: str) -> jax.Array:
   """Dense convolution, `kernel` in HWIO."""
-  kh, kw = kernel.shape[:2]
-  if impl == 'matmul' and kh == 1 and kw == 1 and stride == 1:
-    return jnp.einsum('bhwc,cd->bhwd', x, kernel[0, 0])
+  kh, kw, cin, cout = kernel.shape
+  if impl == 'matmul':
+    if kh == 1 and kw == 1 and stride == 1:
+      return jnp.einsum('bhwc,cd->bhwd', x, kernel[0, 0])
+    # im2col: one matmul over (kh*kw*cin)-long patches, taps ordered like HWIO.
+    patches = jnp.concatenate(list(_taps(x, kh, kw, stride)), axis=-1)
+    return jnp.einsum('bhwc,cd->bhwd', patches, kernel.reshape(kh * kw * cin, cout))
   return jax.lax.conv_general_dilated(
       x, kernel, (stride, stride), 'SAME',
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _taps(x: jax.Array, kh: int, kw: int, stride: int):
+  """The input window under each kernel tap (i, j), row-major, for TF `SAME`.
+
+  With stride > 1 the padded input is split into stride x stride phases first,
+  so every tap is a contiguous slice of one phase rather than a strided read.
+  """
+  out_h = -(-x.shape[1] // stride)
+  out_w = -(-x.shape[2] // stride)
+  (top, bottom) = same_padding(x.shape[1], kh, stride)
+  (left, right) = same_padding(x.shape[2], kw, stride)
+  # Round the padded size up to a multiple of the stride; the extra rows are never read.
+  bottom += -(x.shape[1] + top + bottom) % stride
+  right += -(x.shape[2] + left + right) % stride
+  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  batch, height, width, channels = xp.shape
+  phases = xp.reshape(batch, height // stride, stride, width // stride, stride, channels)
+  for i in range(kh):
+    for j in range(kw):
+      yield phases[:, i // stride:i // stride + out_h, i % stride,
+                   j // stride:j // stride + out_w, j % stride, :]
 
 
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, impl: str) -> jax.Array:
@@ -65,18 +83,10 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, impl: str) ->
     return jax.lax.conv_general_dilated(
         x, kernel.reshape(kh, kw, 1, channels), (stride, stride), 'SAME',
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=channels)
-  out_h = -(-x.shape[1] // stride)
-  out_w = -(-x.shape[2] // stride)
-  xp = _pad_same(x, (kh, kw), stride)
   out = None
-  for i in range(kh):
-    for j in range(kw):
-      window = jax.lax.slice(
-          xp, (0, i, j, 0),
-          (xp.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, channels),
-          (1, stride, stride, 1))
-      term = window * kernel[i, j, :, 0]
-      out = term if out is None else out + term
+  for (i, j), window in zip(np.ndindex(kh, kw), _taps(x, kh, kw, stride)):
+    term = window * kernel[i, j, :, 0]
+    out = term if out is None else out + term
   return out
 
 

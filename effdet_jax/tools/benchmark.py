@@ -4,7 +4,8 @@
         --mode infer --batch_size 8 [--precision bfloat16] [--json]
 
 Modes:
-  infer  the jitted network forward pass (inference-mode BatchNorm) on a
+  infer  the jitted network forward pass (inference-mode BatchNorm, chunked
+         over the batch as `model.inference_chunk_size` says) on a
          device-resident batch.
 Training, input-pipeline and post-processing modes are added with the parts
 they measure.
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from effdet_jax.convert import init_variables
-from effdet_jax.models import build_model, image_hw, layers
+from effdet_jax.models import build_model, image_hw, inference, layers
 
 FLAGS = flags.FLAGS
 MODES = ('infer',)
@@ -30,7 +31,7 @@ def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
   model = build_model(config)
   variables = init_variables(config, jax.random.PRNGKey(0))
   images = jax.random.normal(jax.random.PRNGKey(1), (batch_size, *image_hw(config), 3))
-  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  forward = jax.jit(lambda v, x: inference.forward(model, v, x))
   start = time.perf_counter()
   compiled = forward.lower(variables, images).compile()
   compile_s = time.perf_counter() - start
@@ -45,6 +46,7 @@ def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
   return {'mode': 'infer', 'model': config.model.name, 'batch_size': batch_size,
           'image_size': list(image_hw(config)), 'precision': config.model.dtype,
           'conv_impl': layers.resolve_conv_impl(config.model.conv_impl),
+          'chunk_size': inference.chunk_size_for(config.model.inference_chunk_size, batch_size),
           'backend': jax.default_backend(), 'devices': jax.device_count(),
           'images_per_sec': round(batch_size / step, 3), 'step_ms_median': round(step * 1e3, 2),
           'step_ms_min': round(min(times) * 1e3, 2), 'compile_s': round(compile_s, 2),

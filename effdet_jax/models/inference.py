@@ -1,0 +1,36 @@
+"""The inference forward pass, run over the batch in chunks where that is faster.
+
+On CPU a whole batch's activations overflow the caches and every layer becomes
+memory-bound (D0 at batch 8 ran ~25% slower per image than at batch 1); running
+the network over a few images at a time inside one jitted computation keeps
+them cache-resident. Accelerators take the whole batch at once.
+"""
+from typing import Tuple
+
+import jax
+
+from effdet_jax.models.efficientdet import EfficientDet
+
+CPU_CHUNK_SIZE = 1
+
+
+def chunk_size_for(setting: int, batch_size: int) -> int:
+  """`model.inference_chunk_size`: 0 picks per backend; the result divides the batch."""
+  if setting < 0:
+    raise ValueError(f'model.inference_chunk_size must be >= 0, got {setting}')
+  size = setting or (CPU_CHUNK_SIZE if jax.default_backend() == 'cpu' else batch_size)
+  size = min(size, batch_size)
+  while batch_size % size:
+    size -= 1
+  return size
+
+
+def forward(model: EfficientDet, variables, images: jax.Array) -> Tuple[list, list]:
+  """`model.apply(variables, images, train=False)`, chunked over the batch."""
+  batch = images.shape[0]
+  chunk = chunk_size_for(model.config.inference_chunk_size, batch)
+  if chunk == batch:
+    return model.apply(variables, images, train=False)
+  chunks = images.reshape(batch // chunk, chunk, *images.shape[1:])
+  outputs = jax.lax.map(lambda x: model.apply(variables, x, train=False), chunks)
+  return jax.tree_util.tree_map(lambda o: o.reshape(batch, *o.shape[2:]), outputs)
