@@ -24,3 +24,9 @@ def test_parameter_counts_match_official(name):
     official = json.load(open(path))[f'efficientdet-{name}']
     assert trainable == official['trainable']
     assert total == official['total']
+
+
+def test_d0_forward_cost_matches_the_paper():
+  from effdet_jax.tools.model_stats import forward_flops
+  multiply_adds = forward_flops(get_config('d0')) / 2
+  assert abs(multiply_adds / 2.5e9 - 1) < 0.05, multiply_adds
