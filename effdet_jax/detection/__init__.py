@@ -1,0 +1,1 @@
+"""Pure jax.numpy pieces between the network outputs and boxes (no Flax state)."""

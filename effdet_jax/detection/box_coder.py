@@ -1,0 +1,34 @@
+"""Boxes <-> regression targets `(ty, tx, th, tw)` relative to anchors (the
+official Faster R-CNN coding without scale factors)."""
+import jax.numpy as jnp
+
+# Encoding guards divisions and logs as the official coder does.
+EPSILON = 1e-8
+# Decoding clamps th, tw so exp() stays finite: e^20 times any anchor is far
+# outside every image (boxes are clipped afterwards), so sane predictions decode
+# exactly as the official decoder does.
+MAX_LOG_SCALE = 20.0
+
+
+def _center_size(boxes):
+  ymin, xmin, ymax, xmax = jnp.moveaxis(boxes, -1, 0)
+  return (ymin + ymax) / 2, (xmin + xmax) / 2, ymax - ymin, xmax - xmin
+
+
+def encode(boxes: jnp.ndarray, anchors: jnp.ndarray) -> jnp.ndarray:
+  """`[..., 4]` boxes `[ymin, xmin, ymax, xmax]` -> `[..., 4]` targets `(ty, tx, th, tw)`."""
+  yc, xc, h, w = _center_size(boxes)
+  yca, xca, ha, wa = _center_size(anchors)
+  ha, wa, h, w = ha + EPSILON, wa + EPSILON, h + EPSILON, w + EPSILON
+  return jnp.stack([(yc - yca) / ha, (xc - xca) / wa, jnp.log(h / ha), jnp.log(w / wa)], axis=-1)
+
+
+def decode(targets: jnp.ndarray, anchors: jnp.ndarray) -> jnp.ndarray:
+  """`[..., 4]` targets `(ty, tx, th, tw)` -> boxes `[ymin, xmin, ymax, xmax]`."""
+  yca, xca, ha, wa = _center_size(anchors.astype(targets.dtype))
+  ty, tx, th, tw = jnp.moveaxis(targets, -1, 0)
+  h = jnp.exp(jnp.minimum(th, MAX_LOG_SCALE)) * ha
+  w = jnp.exp(jnp.minimum(tw, MAX_LOG_SCALE)) * wa
+  yc = ty * ha + yca
+  xc = tx * wa + xca
+  return jnp.stack([yc - h / 2, xc - w / 2, yc + h / 2, xc + w / 2], axis=-1)

@@ -1,0 +1,56 @@
+"""Anchors in the official order and the official box coding."""
+from hypothesis import given, settings, strategies as st
+import jax.numpy as jnp
+import numpy as np
+
+from configs.efficientdet import get_config
+from effdet_jax.detection import anchors, box_coder
+
+
+def test_d0_anchor_count_order_and_first_boxes():
+  boxes = anchors.anchors_for(get_config('d0'))
+  assert boxes.shape == (sum((512 // 2 ** l) ** 2 for l in range(3, 8)) * 9, 4) == (49104, 4)
+  # First location of level 3 (stride 8, centre 4, 4), octave 0, aspect 1.0: a 32x32 box.
+  np.testing.assert_allclose(boxes[0], [-12, -12, 20, 20])
+  # Aspect 2.0 is wider than tall; the next octave is 2**(1/3) larger.
+  h, w = boxes[1, 2] - boxes[1, 0], boxes[1, 3] - boxes[1, 1]
+  np.testing.assert_allclose([w / h, w * h], [2.0, 32 * 32], rtol=1e-5)
+  np.testing.assert_allclose(boxes[3, 2] - boxes[3, 0], 32 * 2 ** (1 / 3), rtol=1e-5)
+  # Anchor 9 is the next column of level 3; level 4 starts after 64*64*9 anchors.
+  np.testing.assert_allclose(boxes[9], boxes[0] + [0, 8, 0, 8])
+  np.testing.assert_allclose(boxes[64 * 64 * 9], [-24, -24, 40, 40])
+
+
+def test_non_square_inputs_and_anchor_scale():
+  boxes = anchors.generate_anchors((256, 384), 3, 7, 3, (1.0, 2.0, 0.5), 5.0)
+  assert len(boxes) == sum((256 // 2 ** l) * (384 // 2 ** l) for l in range(3, 8)) * 9
+  np.testing.assert_allclose(boxes[0], [4 - 20, 4 - 20, 4 + 20, 4 + 20])
+  assert anchors.feature_sizes((640, 384), 8)[8] == (3, 2)
+
+
+def test_encode_of_anchor_is_zero_and_official_formula():
+  a = jnp.array([[10.0, 20.0, 50.0, 40.0]])
+  np.testing.assert_allclose(box_coder.encode(a, a), 0.0, atol=1e-6)
+  b = jnp.array([[20.0, 20.0, 60.0, 60.0]])
+  np.testing.assert_allclose(box_coder.encode(b, a)[0],
+                             [(40 - 30) / 40, (40 - 30) / 20, np.log(40 / 40), np.log(40 / 20)],
+                             rtol=1e-5)
+
+
+coords = st.floats(-500, 1500, allow_nan=False, width=32)
+sizes = st.floats(1, 800, allow_nan=False, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(coords, coords, sizes, sizes, coords, coords, sizes, sizes)
+def test_encode_decode_round_trip(y, x, h, w, ay, ax, ah, aw):
+  box = jnp.array([[y, x, y + h, x + w]], jnp.float32)
+  anchor = jnp.array([[ay, ax, ay + ah, ax + aw]], jnp.float32)
+  decoded = box_coder.decode(box_coder.encode(box, anchor), anchor)
+  np.testing.assert_allclose(decoded, box, atol=1e-2, rtol=1e-4)
+
+
+def test_decode_survives_huge_scales():
+  anchor = jnp.array([[0.0, 0.0, 32.0, 32.0]])
+  out = box_coder.decode(jnp.array([[0.0, 0.0, 1e4, 1e4]]), anchor)
+  assert np.isfinite(out).all()
