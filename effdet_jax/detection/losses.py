@@ -1,0 +1,142 @@
+"""EfficientDet losses: sigmoid focal loss, Huber box loss, optional IoU-family
+box loss, each normalized by the positives of the whole (global) batch + 1.
+
+Under `jit` with a batch-sharded input the sums run over the global batch, so
+the normalizer is the official cross-replica one without any axis name.
+"""
+import math
+from typing import Dict, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from effdet_jax.detection import box_coder
+from effdet_jax.detection.target_assigner import IGNORED
+
+IOU_TYPES = ('iou', 'giou', 'diou', 'ciou')
+
+
+def focal_loss(logits, targets, alpha: float, gamma: float, label_smoothing: float = 0.0):
+  """Elementwise sigmoid focal loss; `targets` are 0/1 of the logits' shape."""
+  prob = jax.nn.sigmoid(logits)
+  p_t = targets * prob + (1 - targets) * (1 - prob)
+  alpha_factor = targets * alpha + (1 - targets) * (1 - alpha)
+  modulating = (1.0 - p_t) ** gamma
+  smoothed = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+  # Stable sigmoid cross-entropy: max(x, 0) - x * z + log(1 + exp(-|x|)).
+  ce = jnp.maximum(logits, 0) - logits * smoothed + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+  return alpha_factor * modulating * ce
+
+
+def huber_loss(predictions, targets, delta: float):
+  error = jnp.abs(predictions - targets)
+  quadratic = jnp.minimum(error, delta)
+  return 0.5 * quadratic ** 2 + delta * (error - quadratic)
+
+
+def _iou_terms(pred, target, iou_type: str):
+  """IoU / GIoU / DIoU / CIoU of matching boxes `[..., 4]` (the official formulas)."""
+  p_h = jnp.maximum(pred[..., 2] - pred[..., 0], 0)
+  p_w = jnp.maximum(pred[..., 3] - pred[..., 1], 0)
+  t_h = jnp.maximum(target[..., 2] - target[..., 0], 0)
+  t_w = jnp.maximum(target[..., 3] - target[..., 1], 0)
+  inter_h = jnp.maximum(jnp.minimum(pred[..., 2], target[..., 2]) -
+                        jnp.maximum(pred[..., 0], target[..., 0]), 0)
+  inter_w = jnp.maximum(jnp.minimum(pred[..., 3], target[..., 3]) -
+                        jnp.maximum(pred[..., 1], target[..., 1]), 0)
+  inter = inter_h * inter_w
+  union = p_h * p_w + t_h * t_w - inter
+  iou = _divide_no_nan(inter, union)
+  if iou_type == 'iou':
+    return iou
+  enc_h = jnp.maximum(pred[..., 2], target[..., 2]) - jnp.minimum(pred[..., 0], target[..., 0])
+  enc_w = jnp.maximum(pred[..., 3], target[..., 3]) - jnp.minimum(pred[..., 1], target[..., 1])
+  if iou_type == 'giou':
+    enclose = jnp.maximum(enc_h, 0) * jnp.maximum(enc_w, 0)
+    return iou - _divide_no_nan(enclose - union, enclose)
+  center_dist = (((pred[..., 0] + pred[..., 2]) - (target[..., 0] + target[..., 2])) / 2) ** 2 + \
+                (((pred[..., 1] + pred[..., 3]) - (target[..., 1] + target[..., 3])) / 2) ** 2
+  diou = iou - _divide_no_nan(center_dist, enc_h ** 2 + enc_w ** 2)
+  if iou_type == 'diou':
+    return diou
+  v = _aspect_consistency(t_h, t_w, p_h, p_w)
+  alpha = jax.lax.stop_gradient(_divide_no_nan(v, (1 - iou) + v))
+  return diou - alpha * v
+
+
+@jax.custom_vjp
+def _aspect_consistency(t_h, t_w, p_h, p_w):
+  """CIoU's v = 4/pi^2 (atan(w_t/h_t) - atan(w/h))^2."""
+  return 4 * ((jnp.arctan(_divide_no_nan(t_w, t_h)) - jnp.arctan(_divide_no_nan(p_w, p_h)))
+              / math.pi) ** 2
+
+
+def _aspect_fwd(t_h, t_w, p_h, p_w):
+  return _aspect_consistency(t_h, t_w, p_h, p_w), (t_h, t_w, p_h, p_w)
+
+
+def _aspect_bwd(res, dv):
+  # The CIoU paper's gradient: the 1 / (w^2 + h^2) factor is dropped for stability.
+  t_h, t_w, p_h, p_w = res
+  arctan = jnp.arctan(_divide_no_nan(t_w, t_h)) - jnp.arctan(_divide_no_nan(p_w, p_h))
+  return (jnp.zeros_like(t_h), jnp.zeros_like(t_w),
+          -dv * 8 * arctan * p_w / math.pi ** 2, dv * 8 * arctan * p_h / math.pi ** 2)
+
+
+_aspect_consistency.defvjp(_aspect_fwd, _aspect_bwd)
+
+
+def _divide_no_nan(a, b):
+  safe = jnp.where(b == 0, 1, b)
+  return jnp.where(b == 0, 0.0, a / safe)
+
+
+def detection_loss(cls_outputs: Sequence[jnp.ndarray], box_outputs: Sequence[jnp.ndarray],
+                   cls_targets: Sequence[jnp.ndarray], box_targets: Sequence[jnp.ndarray],
+                   num_positives: jnp.ndarray, num_classes: int, alpha: float, gamma: float,
+                   delta: float, box_loss_weight: float, label_smoothing: float = 0.0,
+                   iou_loss_type: Optional[str] = None, iou_loss_weight: float = 1.0,
+                   anchors: Optional[jnp.ndarray] = None) -> Dict[str, jnp.ndarray]:
+  """The official detection loss over all levels of a batch.
+
+  Args:
+    cls_outputs, box_outputs: per level `[B, H, W, A * num_classes]`, `[B, H, W, A * 4]`.
+    cls_targets: per level `[B, H, W, A]` int: class, -1 background, -2 ignored.
+    box_targets: per level `[B, H, W, A * 4]`, 0 where not matched.
+    num_positives: `[B]` matched anchors per image.
+    anchors: `[num_anchors, 4]`, needed for an IoU-family loss.
+  Returns:
+    `loss` (= cls + box_loss_weight * box [+ iou_loss_weight * iou]), `cls_loss`,
+    `box_loss` and, with an IoU type, `box_iou_loss`.
+  """
+  normalizer = jnp.sum(num_positives) + 1.0
+  cls_loss = box_loss = 0.0
+  for logits, targets in zip(cls_outputs, cls_targets):
+    logits = logits.astype(jnp.float32).reshape(*targets.shape, num_classes)
+    onehot = jax.nn.one_hot(targets, num_classes, dtype=jnp.float32)
+    loss = focal_loss(logits, onehot, alpha, gamma, label_smoothing)
+    loss = jnp.where((targets == IGNORED)[..., None], 0.0, loss)
+    cls_loss += jnp.sum(loss) / normalizer
+  for outputs, targets in zip(box_outputs, box_targets):
+    # As the official: coordinates whose target is exactly 0 carry no loss.
+    mask = (targets != 0.0).astype(jnp.float32)
+    box_loss += jnp.sum(huber_loss(outputs.astype(jnp.float32), targets, delta) * mask) / (
+        normalizer * 4.0)
+  result = {'cls_loss': cls_loss, 'box_loss': box_loss,
+            'loss': cls_loss + box_loss_weight * box_loss}
+  if iou_loss_type:
+    if iou_loss_type not in IOU_TYPES:
+      raise ValueError(f'loss.iou_loss_type must be None or one of {IOU_TYPES}, '
+                       f'got {iou_loss_type!r}')
+    if anchors is None:
+      raise ValueError('an IoU-family box loss needs the anchors')
+    batch = box_outputs[0].shape[0]
+    flat_out = jnp.concatenate([o.reshape(batch, -1, 4) for o in box_outputs], axis=1)
+    flat_tgt = jnp.concatenate([t.reshape(batch, -1, 4) for t in box_targets], axis=1)
+    matched = jnp.any(flat_tgt != 0.0, axis=-1)
+    pred = box_coder.decode(flat_out.astype(jnp.float32), anchors)
+    target = box_coder.decode(flat_tgt, anchors)
+    iou = _iou_terms(pred, target, iou_loss_type)
+    result['box_iou_loss'] = jnp.sum(jnp.where(matched, 1 - iou, 0.0)) / (normalizer * 4.0)
+    result['loss'] = result['loss'] + iou_loss_weight * result['box_iou_loss']
+  return result

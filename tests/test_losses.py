@@ -1,0 +1,89 @@
+"""Focal, Huber and IoU-family losses with the official normalization."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from effdet_jax.detection import box_coder, losses
+
+KW = dict(num_classes=3, alpha=0.25, gamma=1.5, delta=0.1, box_loss_weight=50.0)
+
+
+def test_focal_loss_values():
+  # logit 0, positive: p_t = 0.5 -> 0.25 * 0.5**1.5 * log 2; negative: 0.75 * 0.5**1.5 * log 2.
+  out = losses.focal_loss(jnp.zeros(2), jnp.array([1.0, 0.0]), 0.25, 1.5)
+  np.testing.assert_allclose(out, [0.25 * 0.5 ** 1.5 * np.log(2), 0.75 * 0.5 ** 1.5 * np.log(2)],
+                             rtol=1e-5)
+  # Confident and right costs almost nothing; confident and wrong costs a lot; no overflow.
+  big = losses.focal_loss(jnp.array([30.0, -30.0]), jnp.array([1.0, 1.0]), 0.25, 1.5)
+  assert float(big[0]) < 1e-12 and 5 < float(big[1]) < 10
+
+
+def test_huber_loss_regions():
+  np.testing.assert_allclose(losses.huber_loss(jnp.array([0.05, 0.3]), 0.0, 0.1),
+                             [0.5 * 0.05 ** 2, 0.1 * 0.3 - 0.5 * 0.1 ** 2], rtol=1e-6)
+
+
+def level(values, shape):
+  return jnp.asarray(values, jnp.float32).reshape(shape)
+
+
+def test_detection_loss_normalization_masks_and_ignored():
+  # One level, batch 2, 1x2 locations, 1 anchor, 3 classes.
+  logits = level(np.linspace(-2, 2, 12), (2, 1, 2, 3))
+  cls_t = jnp.array([[[[1], [-1]]], [[[-2], [0]]]], jnp.int32)
+  box_out = level(np.linspace(-0.3, 0.3, 16), (2, 1, 2, 4))
+  box_t = jnp.zeros((2, 1, 2, 4)).at[0, 0, 0].set(jnp.array([0.2, 0.0, -0.1, 0.05]))
+  num_pos = jnp.array([1.0, 1.0])
+  out = losses.detection_loss([logits], [box_out], [cls_t], [box_t], num_pos, **KW)
+  onehot = jax.nn.one_hot(cls_t, 3)
+  focal = losses.focal_loss(logits.reshape(2, 1, 2, 1, 3), onehot, 0.25, 1.5)
+  focal = focal.at[1, 0, 0].set(0.0)          # the ignored anchor
+  np.testing.assert_allclose(out['cls_loss'], focal.sum() / 3.0, rtol=1e-5)
+  mask = box_t != 0
+  huber = losses.huber_loss(box_out, box_t, 0.1) * mask
+  np.testing.assert_allclose(out['box_loss'], huber.sum() / 12.0, rtol=1e-5)
+  np.testing.assert_allclose(out['loss'], out['cls_loss'] + 50 * out['box_loss'], rtol=1e-6)
+
+
+def test_batch_without_objects_gives_finite_loss():
+  logits = jnp.zeros((2, 2, 2, 9 * 3))
+  out = losses.detection_loss([logits], [jnp.zeros((2, 2, 2, 36))],
+                              [jnp.full((2, 2, 2, 9), -1, jnp.int32)], [jnp.zeros((2, 2, 2, 36))],
+                              jnp.zeros(2), iou_loss_type='ciou', anchors=jnp.ones((36, 4)), **KW)
+  assert all(np.isfinite(float(v)) for v in out.values())
+  assert float(out['box_loss']) == 0.0 and float(out['box_iou_loss']) == 0.0
+
+
+@pytest.mark.parametrize('iou_type', losses.IOU_TYPES)
+def test_iou_losses(iou_type):
+  box = jnp.array([[10.0, 10.0, 50.0, 30.0]])
+  assert float(losses._iou_terms(box, box, iou_type)[0]) == pytest.approx(1.0, abs=1e-6)
+  shifted = box + jnp.array([5.0, 0.0, 5.0, 0.0])
+  value = float(losses._iou_terms(shifted, box, iou_type)[0])
+  iou = 35 * 20 / (2 * 800 - 35 * 20)
+  expected = {'iou': iou, 'giou': iou - (45 * 20 - 900) / (45 * 20),
+              'diou': iou - 25 / (45 ** 2 + 20 ** 2), 'ciou': iou - 25 / (45 ** 2 + 20 ** 2)}
+  assert value == pytest.approx(expected[iou_type], rel=1e-5)
+  far = box + 100.0
+  assert float(losses._iou_terms(far, box, iou_type)[0]) <= 0.0 + 1e-7
+  grad = jax.grad(lambda p: losses._iou_terms(p, box * jnp.array([1, 1, 1.2, 0.9]),
+                                              iou_type).sum())(shifted)
+  assert np.isfinite(grad).all()
+
+
+def test_iou_loss_term_uses_decoded_boxes():
+  anchors = jnp.array([[0.0, 0.0, 32.0, 32.0]] * 9)
+  target_box = jnp.array([[2.0, 3.0, 30.0, 36.0]])
+  enc = box_coder.encode(target_box, anchors[:1])
+  box_t = jnp.zeros((1, 1, 1, 36)).at[0, 0, 0, :4].set(enc[0])
+  kw = dict(KW, iou_loss_type='giou', anchors=anchors)
+  cls = [jnp.zeros((1, 1, 1, 27))]
+  tgt = [jnp.full((1, 1, 1, 9), -1, jnp.int32)]
+  perfect = losses.detection_loss(cls, [box_t], tgt, [box_t], jnp.array([1.0]), **kw)
+  assert float(perfect['box_iou_loss']) == pytest.approx(0.0, abs=1e-5)
+  off = losses.detection_loss(cls, [box_t * 0], tgt, [box_t], jnp.array([1.0]), **kw)
+  assert float(off['box_iou_loss']) > 0.0
+  with pytest.raises(ValueError, match='iou_loss_type'):
+    losses.detection_loss(cls, [box_t], tgt, [box_t], jnp.array([1.0]),
+                          **dict(kw, iou_loss_type='eiou'))
