@@ -2,9 +2,9 @@
 
 Defaults are the official ones (google/automl `efficientdet/hparams_config.py`).
 Use as `--config configs/efficientdet.py:d3` and override any field from the
-command line, e.g. `--config.model.fpn_num_filters=96`. The `model` section is
-what the model reads today; `data`, `loss`, `train` and `eval` hold the
-official recipe for the training and evaluation code built on top of it.
+command line, e.g. `--config.model.fpn_num_filters=96`. `model` and
+`postprocess` are read by the model and the detector; `data`, `loss` and
+`train` hold the official training recipe for the code built on top of them.
 """
 import ml_collections
 
@@ -105,11 +105,14 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   config.train.weight_decay = 4e-5
   config.train.ema_decay = 0.9998
 
-  config.eval = ml_collections.ConfigDict()
-  config.eval.nms_method = 'gaussian'   # 'gaussian' (soft-NMS) | 'hard'
-  config.eval.nms_iou_threshold = 0.5
-  config.eval.nms_sigma = 0.5
-  config.eval.score_threshold = 0.001
-  config.eval.max_nms_inputs = 5000
-  config.eval.max_detections = 100
+  config.postprocess = ml_collections.ConfigDict()
+  config.postprocess.nms_method = 'gaussian'   # 'gaussian' (soft-NMS) | 'hard'
+  config.postprocess.iou_threshold = 0.5        # hard NMS
+  config.postprocess.sigma = 0.5                # soft-NMS: exp(-iou^2 / sigma)
+  config.postprocess.score_threshold = 0.001
+  config.postprocess.max_nms_inputs = 5000      # top scores over anchors x classes; 0: best class per anchor
+  config.postprocess.max_detections = 100
+  # The official inference path is class-agnostic NMS, its evaluation path per class.
+  config.postprocess.infer_per_class = False
+  config.postprocess.eval_per_class = True
   return config
