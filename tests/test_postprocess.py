@@ -103,3 +103,12 @@ def test_postprocess_d0_outputs_shapes_and_jit():
   assert det.boxes.shape == (2, 100, 4) and det.classes.dtype == jnp.int32
   assert (np.asarray(det.num_valid) == 100).all()
   assert float(det.boxes.min()) >= 0 and float(det.boxes.max()) <= 512
+
+
+def test_two_stage_top_k_equals_full_top_k():
+  logits = jax.random.normal(jax.random.PRNGKey(3), (700, 7))
+  boxes = jnp.zeros((700, 4))
+  _, scores, classes = postprocess.candidates(logits, boxes, jnp.ones((700, 4)), 50)
+  full_logits, full_idx = jax.lax.top_k(logits.reshape(-1), 50)
+  np.testing.assert_allclose(scores, jax.nn.sigmoid(full_logits), rtol=1e-6)
+  np.testing.assert_array_equal(classes, full_idx % 7)

@@ -47,10 +47,13 @@ def candidates(logits: jnp.ndarray, box_outputs: jnp.ndarray, anchors: jnp.ndarr
   """
   num_classes = logits.shape[-1]
   if max_nms_inputs > 0:
-    flat = logits.reshape(-1)
-    k = min(max_nms_inputs, flat.shape[0])
-    top_logits, top = jax.lax.top_k(flat, k)
-    anchor_idx, classes = top // num_classes, top % num_classes
+    # Exact top-k over anchors x classes in two cheap stages: an entry of the
+    # top k belongs to an anchor whose best logit is among the top k anchors'.
+    k = min(max_nms_inputs, logits.size)
+    k_anchors = min(k, logits.shape[0])
+    _, top_anchors = jax.lax.top_k(jnp.max(logits, axis=-1), k_anchors)
+    top_logits, top = jax.lax.top_k(logits[top_anchors].reshape(-1), k)
+    anchor_idx, classes = top_anchors[top // num_classes], top % num_classes
     boxes = box_coder.decode(box_outputs[anchor_idx], anchors[anchor_idx])
     return boxes, jax.nn.sigmoid(top_logits), classes.astype(jnp.int32)
   boxes = box_coder.decode(box_outputs, anchors)
@@ -78,30 +81,32 @@ def nms(boxes: jnp.ndarray, scores: jnp.ndarray, classes: jnp.ndarray, *, method
         per_class: bool):
   """Greedy hard or Gaussian soft NMS of one image -> (indices, scores, num_valid)."""
   if method not in NMS_METHODS:
-    raise ValueError(f'eval.nms_method must be one of {NMS_METHODS}, got {method!r}')
-  current = jnp.where(scores > score_threshold, scores, -jnp.inf)
+    raise ValueError(f'postprocess.nms_method must be one of {NMS_METHODS}, got {method!r}')
 
   def step(k, state):
-    current, indices, selected, count = state
-    i = jnp.argmax(current)      # ties go to the lower index, as in TF
-    score = current[i]
-    ok = score > score_threshold
+    current, alive, indices, selected, count = state
+    masked = jnp.where(alive, current, -jnp.inf)
+    i = jnp.argmax(masked)       # ties go to the lower index, as in TF
+    ok = alive[i]
     iou = _iou_one_to_many(boxes[i], boxes)
     if per_class:
       iou = jnp.where(classes == classes[i], iou, 0.0)
     if method == 'hard':
-      decay = jnp.where(iou > iou_threshold, 0.0, 1.0)
+      survivors = alive & (iou <= iou_threshold)
+      decayed = current
     else:
-      decay = jnp.exp(-(iou * iou) / sigma)
-    decayed = (current * decay).at[i].set(-jnp.inf)
+      decayed = current * jnp.exp(-(iou * iou) / sigma)
+      survivors = alive & (decayed > score_threshold)
+    survivors = survivors.at[i].set(False)
     current = jnp.where(ok, decayed, current)
+    alive = jnp.where(ok, survivors, alive)
     indices = indices.at[k].set(jnp.where(ok, i, 0))
-    selected = selected.at[k].set(jnp.where(ok, score, 0.0))
-    return current, indices, selected, count + ok.astype(jnp.int32)
+    selected = selected.at[k].set(jnp.where(ok, masked[i], 0.0))
+    return current, alive, indices, selected, count + ok.astype(jnp.int32)
 
-  init = (current, jnp.zeros(max_detections, jnp.int32), jnp.zeros(max_detections, scores.dtype),
-          jnp.int32(0))
-  _, indices, selected, count = jax.lax.fori_loop(0, max_detections, step, init)
+  init = (scores, scores > score_threshold, jnp.zeros(max_detections, jnp.int32),
+          jnp.zeros(max_detections, scores.dtype), jnp.int32(0))
+  _, _, indices, selected, count = jax.lax.fori_loop(0, max_detections, step, init)
   return indices, selected, count
 
 

@@ -7,8 +7,9 @@ Modes:
   infer  the jitted network forward pass (inference-mode BatchNorm, chunked
          over the batch as `model.inference_chunk_size` says) on a
          device-resident batch.
-Training, input-pipeline and post-processing modes are added with the parts
-they measure.
+  postprocess  the jitted post-processing (decode, pre-NMS top-k, NMS, clip,
+         scale) of random head outputs, global or `--per_class` NMS.
+Training and input-pipeline modes are added with the parts they measure.
 """
 import json
 import resource
@@ -24,7 +25,7 @@ from effdet_jax.convert import init_variables
 from effdet_jax.models import build_model, image_hw, inference, layers
 
 FLAGS = flags.FLAGS
-MODES = ('infer',)
+MODES = ('infer', 'postprocess')
 
 
 def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
@@ -32,23 +33,52 @@ def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
   variables = init_variables(config, jax.random.PRNGKey(0))
   images = jax.random.normal(jax.random.PRNGKey(1), (batch_size, *image_hw(config), 3))
   forward = jax.jit(lambda v, x: inference.forward(model, v, x))
+  result = _time(forward, (variables, images), batch_size, repeats, warmup)
+  result.update({'mode': 'infer', 'model': config.model.name, 'batch_size': batch_size,
+                 'image_size': list(image_hw(config)), 'precision': config.model.dtype,
+                 'conv_impl': layers.resolve_conv_impl(config.model.conv_impl),
+                 'chunk_size': inference.chunk_size_for(config.model.inference_chunk_size,
+                                                        batch_size),
+                 'backend': jax.default_backend(), 'devices': jax.device_count()})
+  return result
+
+
+def benchmark_postprocess(config, batch_size: int, repeats: int, warmup: int, per_class: bool):
+  from effdet_jax.detection import anchors as anchors_lib, postprocess  # pylint: disable=g-import-not-at-top
+  m, p = config.model, config.postprocess
+  height, width = image_hw(config)
+  num_anchors = m.num_scales * len(m.aspect_ratios)
+  keys = iter(jax.random.split(jax.random.PRNGKey(0), 2 * (m.max_level - m.min_level + 1)))
+  shapes = [(batch_size, -(-height // 2 ** l), -(-width // 2 ** l))
+            for l in range(m.min_level, m.max_level + 1)]
+  cls = [jax.random.normal(next(keys), (*s, num_anchors * m.num_classes)) - 4 for s in shapes]
+  box = [jax.random.normal(next(keys), (*s, num_anchors * 4)) * 0.1 for s in shapes]
+  anchors = jnp.asarray(anchors_lib.anchors_for(config))
+  fn = jax.jit(lambda c, b: postprocess.postprocess(
+      c, b, anchors, jnp.ones(batch_size), image_size=(height, width), num_classes=m.num_classes,
+      method=p.nms_method, iou_threshold=p.iou_threshold, sigma=p.sigma,
+      score_threshold=p.score_threshold, max_nms_inputs=p.max_nms_inputs,
+      max_detections=p.max_detections, per_class=per_class))
+  result = _time(fn, (cls, box), batch_size, repeats, warmup)
+  result.update({'mode': 'postprocess', 'model': m.name, 'batch_size': batch_size,
+                 'per_class': per_class, 'nms_method': p.nms_method,
+                 'max_nms_inputs': p.max_nms_inputs, 'backend': jax.default_backend()})
+  return result
+
+
+def _time(fn, args, batch_size: int, repeats: int, warmup: int):
   start = time.perf_counter()
-  compiled = forward.lower(variables, images).compile()
+  compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - start
   for _ in range(warmup):
-    jax.block_until_ready(compiled(variables, images))
+    jax.block_until_ready(compiled(*args))
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(compiled(variables, images))
+    jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)
   step = statistics.median(times)
-  return {'mode': 'infer', 'model': config.model.name, 'batch_size': batch_size,
-          'image_size': list(image_hw(config)), 'precision': config.model.dtype,
-          'conv_impl': layers.resolve_conv_impl(config.model.conv_impl),
-          'chunk_size': inference.chunk_size_for(config.model.inference_chunk_size, batch_size),
-          'backend': jax.default_backend(), 'devices': jax.device_count(),
-          'images_per_sec': round(batch_size / step, 3), 'step_ms_median': round(step * 1e3, 2),
+  return {'images_per_sec': round(batch_size / step, 3), 'step_ms_median': round(step * 1e3, 2),
           'step_ms_min': round(min(times) * 1e3, 2), 'compile_s': round(compile_s, 2),
           'peak_host_memory_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
@@ -60,11 +90,18 @@ def main(argv):
   config = FLAGS.config
   if FLAGS.precision:
     config.model.dtype = FLAGS.precision
-  result = benchmark_infer(config, FLAGS.batch_size, FLAGS.repeats, FLAGS.warmup)
-  print(f"{result['model']} {result['mode']} batch {result['batch_size']} "
-        f"{result['precision']} on {result['backend']} ({result['conv_impl']} convs): "
-        f"{result['images_per_sec']:.2f} images/s, {result['step_ms_median']:.1f} ms/step "
-        f"(median of {FLAGS.repeats}), compile {result['compile_s']:.1f} s, "
+  if FLAGS.mode == 'infer':
+    result = benchmark_infer(config, FLAGS.batch_size, FLAGS.repeats, FLAGS.warmup)
+    what = f"{result['precision']} ({result['conv_impl']} convs)"
+  else:
+    result = benchmark_postprocess(config, FLAGS.batch_size, FLAGS.repeats, FLAGS.warmup,
+                                   FLAGS.per_class)
+    what = (f"{result['nms_method']} NMS, {'per class' if result['per_class'] else 'global'}, "
+            f"top {result['max_nms_inputs']} inputs")
+  print(f"{result['model']} {result['mode']} batch {result['batch_size']} {what} on "
+        f"{result['backend']}: {result['images_per_sec']:.2f} images/s, "
+        f"{result['step_ms_median']:.1f} ms/step (median of {FLAGS.repeats}, min "
+        f"{result['step_ms_min']:.1f}), compile {result['compile_s']:.1f} s, "
         f"peak host memory {result['peak_host_memory_mib']} MiB")
   if FLAGS.json:
     print(json.dumps(result))
@@ -78,5 +115,6 @@ if __name__ == '__main__':
   flags.DEFINE_integer('repeats', 10, 'timed steps')
   flags.DEFINE_integer('warmup', 2, 'untimed steps after compilation')
   flags.DEFINE_bool('json', False, 'print one JSON object as the last line')
+  flags.DEFINE_bool('per_class', False, 'postprocess mode: NMS per class')
   flags.mark_flags_as_required(['config'])
   app.run(main)
