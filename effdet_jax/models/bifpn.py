@@ -1,4 +1,5 @@
 """Weighted bi-directional FPN (BiFPN) with the official node graph and names."""
+import dataclasses
 from typing import Any, List, Sequence, Tuple
 
 import flax.linen as nn
@@ -30,6 +31,25 @@ def bifpn_nodes(min_level: int, max_level: int) -> List[Tuple[int, Tuple[int, ..
     ids[level].append(next_id)
     next_id += 1
   return nodes
+
+
+@dataclasses.dataclass(frozen=True)
+class FPNSettings:
+  """What every BiFPN node shares."""
+  num_channels: int
+  weight_method: str
+  act_type: str
+  apply_bn_for_resampling: bool
+  conv_after_downsample: bool
+  bn_momentum: float
+  bn_epsilon: float
+  impl: str
+  dtype: Any
+
+  def resample(self, name: str) -> 'ResampleFeatureMap':
+    return ResampleFeatureMap(self.num_channels, self.apply_bn_for_resampling,
+                              self.conv_after_downsample, self.bn_momentum, self.bn_epsilon,
+                              self.impl, self.dtype, name=name)
 
 
 class ResampleFeatureMap(nn.Module):
@@ -77,40 +97,29 @@ class FNode(nn.Module):
   activation, separable conv and BN."""
   level_index: int
   inputs_offsets: Tuple[int, ...]
-  num_channels: int
-  weight_method: str
-  act_type: str
-  apply_bn_for_resampling: bool
-  conv_after_downsample: bool
-  bn_momentum: float
-  bn_epsilon: float
-  impl: str
-  dtype: Any
+  settings: FPNSettings
 
   @nn.compact
   def __call__(self, feats: Sequence[jax.Array], train: bool) -> List[jax.Array]:
+    c = self.settings
     target_hw = feats[self.level_index].shape[1:3]
-    nodes = []
-    for i, offset in enumerate(self.inputs_offsets):
-      nodes.append(ResampleFeatureMap(
-          self.num_channels, self.apply_bn_for_resampling, self.conv_after_downsample,
-          self.bn_momentum, self.bn_epsilon, self.impl, self.dtype,
-          name=f'resample_{i}_{offset}_{len(feats)}')(feats[offset], target_hw, train))
-    x = layers.activation(self._fuse(nodes), self.act_type)
-    x = OpAfterCombine(self.num_channels, self.bn_momentum, self.bn_epsilon, self.impl,
-                       self.dtype, name=f'op_after_combine{len(feats)}')(x, train)
+    nodes = [c.resample(f'resample_{i}_{offset}_{len(feats)}')(feats[offset], target_hw, train)
+             for i, offset in enumerate(self.inputs_offsets)]
+    x = layers.activation(self._fuse(nodes), c.act_type)
+    x = OpAfterCombine(c, name=f'op_after_combine{len(feats)}')(x, train)
     return list(feats) + [x]
 
   def _fuse(self, nodes: List[jax.Array]) -> jax.Array:
-    if self.weight_method == 'sum':
+    method = self.settings.weight_method
+    if method == 'sum':
       return sum(nodes[1:], nodes[0])
-    if self.weight_method not in FUSION_METHODS:
+    if method not in FUSION_METHODS:
       raise ValueError(f'model.fpn_weight_method must be one of {FUSION_METHODS}, '
-                       f'got {self.weight_method!r}')
+                       f'got {method!r}')
     dtype = nodes[0].dtype
     weights = [self.param('WSM' if i == 0 else f'WSM_{i}', nn.initializers.ones, ()).astype(dtype)
                for i in range(len(nodes))]
-    if self.weight_method == 'attn':
+    if method == 'attn':
       normalized = jax.nn.softmax(jnp.stack(weights))
       return sum(n * normalized[i] for i, n in enumerate(nodes))
     weights = [jax.nn.relu(w) for w in weights]
@@ -120,69 +129,43 @@ class FNode(nn.Module):
 
 
 class OpAfterCombine(nn.Module):
-  num_channels: int
-  bn_momentum: float
-  bn_epsilon: float
-  impl: str
-  dtype: Any
+  settings: FPNSettings
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = layers.SeparableConv(self.num_channels, 3, impl=self.impl, dtype=self.dtype,
-                             name='conv')(x)
-    return layers.batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype, 'bn')(x)
+    c = self.settings
+    x = layers.SeparableConv(c.num_channels, 3, impl=c.impl, dtype=c.dtype, name='conv')(x)
+    return layers.batch_norm(train, c.bn_momentum, c.bn_epsilon, c.dtype, 'bn')(x)
+
+
+class FPNCell(nn.Module):
+  nodes: Sequence[Tuple[int, Tuple[int, ...]]]
+  min_level: int
+  settings: FPNSettings
+
+  @nn.compact
+  def __call__(self, feats: Sequence[jax.Array], train: bool) -> List[jax.Array]:
+    feats = list(feats)
+    for i, (level, offsets) in enumerate(self.nodes):
+      feats = FNode(level - self.min_level, tuple(offsets), self.settings,
+                    name=f'fnode{i}')(feats, train)
+    return feats
 
 
 class BiFPN(nn.Module):
   """`num_cells` BiFPN cells (`fpn_cells/cell_N/fnodeM`); returns one map per level."""
   min_level: int
   max_level: int
-  num_channels: int
   num_cells: int
-  weight_method: str
-  act_type: str
-  apply_bn_for_resampling: bool
-  conv_after_downsample: bool
-  bn_momentum: float
-  bn_epsilon: float
-  impl: str
-  dtype: Any
+  settings: FPNSettings
 
   @nn.compact
   def __call__(self, feats: Sequence[jax.Array], train: bool) -> List[jax.Array]:
-    nodes = bifpn_nodes(self.min_level, self.max_level)
+    nodes = tuple(bifpn_nodes(self.min_level, self.max_level))
     # Each level's output is the newest node of that level.
     output_ids = [len(feats) + max(i for i, (lvl, _) in enumerate(nodes) if lvl == level)
                   for level in range(self.min_level, self.max_level + 1)]
     for rep in range(self.num_cells):
-      cell = FPNCell(nodes, self.min_level, self.num_channels, self.weight_method,
-                     self.act_type, self.apply_bn_for_resampling, self.conv_after_downsample,
-                     self.bn_momentum, self.bn_epsilon, self.impl, self.dtype,
-                     name=f'cell_{rep}')
-      all_feats = cell(feats, train)
+      all_feats = FPNCell(nodes, self.min_level, self.settings, name=f'cell_{rep}')(feats, train)
       feats = [all_feats[i] for i in output_ids]
-    return feats
-
-
-class FPNCell(nn.Module):
-  nodes: Sequence[Tuple[int, Tuple[int, ...]]]
-  min_level: int
-  num_channels: int
-  weight_method: str
-  act_type: str
-  apply_bn_for_resampling: bool
-  conv_after_downsample: bool
-  bn_momentum: float
-  bn_epsilon: float
-  impl: str
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, feats: Sequence[jax.Array], train: bool) -> List[jax.Array]:
-    feats = list(feats)
-    for i, (level, offsets) in enumerate(self.nodes):
-      feats = FNode(level - self.min_level, offsets, self.num_channels, self.weight_method,
-                    self.act_type, self.apply_bn_for_resampling, self.conv_after_downsample,
-                    self.bn_momentum, self.bn_epsilon, self.impl, self.dtype,
-                    name=f'fnode{i}')(feats, train)
     return feats

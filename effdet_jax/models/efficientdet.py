@@ -6,7 +6,7 @@ import jax
 import ml_collections
 
 from effdet_jax.models import layers
-from effdet_jax.models.bifpn import BiFPN, ResampleFeatureMap
+from effdet_jax.models.bifpn import BiFPN, FPNSettings
 from effdet_jax.models.efficientnet import EfficientNet
 from effdet_jax.models.heads import Head, class_bias_init
 
@@ -32,17 +32,16 @@ class EfficientDet(nn.Module):
     bn = dict(bn_momentum=c.batch_norm_momentum, bn_epsilon=c.batch_norm_epsilon)
     features = EfficientNet(c.backbone, c.act_type, survival_prob=c.backbone_survival_prob,
                             impl=impl, dtype=dtype, name='backbone', **bn)(images, train)
+    fpn = FPNSettings(c.fpn_num_filters, c.fpn_weight_method, c.act_type,
+                      c.apply_bn_for_resampling, c.conv_after_downsample, impl=impl,
+                      dtype=dtype, **bn)
     feats = [features[level] for level in range(c.min_level, 6)]
     for level in range(6, c.max_level + 1):
       height, width = feats[-1].shape[1:3]
-      feats.append(ResampleFeatureMap(
-          c.fpn_num_filters, c.apply_bn_for_resampling, c.conv_after_downsample,
-          impl=impl, dtype=dtype, name=f'resample_p{level}', **bn)(
-              feats[-1], ((height + 1) // 2, (width + 1) // 2), train))
-    feats = BiFPN(c.min_level, c.max_level, c.fpn_num_filters, c.fpn_cell_repeats,
-                  c.fpn_weight_method, c.act_type, c.apply_bn_for_resampling,
-                  c.conv_after_downsample, impl=impl, dtype=dtype, name='fpn_cells', **bn)(
-                      feats, train)
+      feats.append(fpn.resample(f'resample_p{level}')(
+          feats[-1], ((height + 1) // 2, (width + 1) // 2), train))
+    feats = BiFPN(c.min_level, c.max_level, c.fpn_cell_repeats, fpn, name='fpn_cells')(
+        feats, train)
     num_anchors = c.num_scales * len(c.aspect_ratios)
     head = dict(num_anchors=num_anchors, num_filters=c.fpn_num_filters,
                 repeats=c.box_class_repeats, min_level=c.min_level, act_type=c.act_type,

@@ -7,9 +7,11 @@ by name alone.
 Two formulations compute the same numbers:
 - `native`: XLA convolutions (`feature_group_count` for depthwise), what TPU
   and GPU run best.
-- `matmul`: 1x1 convolutions as matrix products and depthwise convolutions as
-  a sum of shifted multiply-adds. On CPU, XLA's grouped convolution is about
-  10x slower and its 1x1 convolution about 3x slower than these.
+- `matmul`: 1x1 convolutions as matrix products, other dense ones (the stem)
+  as one im2col matrix product, depthwise convolutions as a sum of shifted
+  multiply-adds (strided ones on the stride-phase split input). On CPU, XLA's
+  grouped convolution is about 10x slower and its 1x1 convolution about 3x
+  slower than these.
 `auto` picks `matmul` on CPU and `native` elsewhere.
 """
 from typing import Any, Callable, Sequence, Tuple
