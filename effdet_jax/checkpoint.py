@@ -48,5 +48,3 @@ def load_variables(path: str, config: ml_collections.ConfigDict):
     return restore_variables(path, config)
   from effdet_jax.convert import load_official_checkpoint  # pylint: disable=g-import-not-at-top
   return load_official_checkpoint(path, config)
-
-

@@ -38,7 +38,6 @@ class Detector:
       category_ids: dataset category id of each model class; default `class + 1`
         (COCO's ids for the 90-class models).
     """
-    self.config = config
     self.variables = variables
     self.batch_size = batch_size
     self.input_size = image_hw(config)
@@ -48,8 +47,8 @@ class Detector:
     if len(self.category_ids) != num_classes:
       raise ValueError(f'category_ids has {len(self.category_ids)} entries, '
                        f'model.num_classes is {num_classes}')
-    p = config.postprocess
-    per_class = p.infer_per_class if per_class is None else per_class
+    per_class = config.postprocess.infer_per_class if per_class is None else per_class
+    nms_settings = postprocess_lib.settings(config.postprocess, per_class)
     model = build_model(config)
     anchors = jnp.asarray(anchors_lib.anchors_for(config))
     self._mean = np.float32(config.model.mean_rgb)
@@ -59,9 +58,7 @@ class Detector:
       cls_outputs, box_outputs = inference.forward(model, variables, images)
       return postprocess_lib.postprocess(
           cls_outputs, box_outputs, anchors, scales, image_size=self.input_size,
-          num_classes=num_classes, method=p.nms_method, iou_threshold=p.iou_threshold,
-          sigma=p.sigma, score_threshold=p.score_threshold, max_nms_inputs=p.max_nms_inputs,
-          max_detections=p.max_detections, per_class=per_class)
+          num_classes=num_classes, **nms_settings)
 
     self._run = jax.jit(run)
     self._resize = jax.jit(

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from effdet_jax.detection import box_coder
+from effdet_jax.detection.boxes import pairwise_iou
 
 NMS_METHODS = ('gaussian', 'hard')
 
@@ -61,21 +62,6 @@ def candidates(logits: jnp.ndarray, box_outputs: jnp.ndarray, anchors: jnp.ndarr
           jnp.argmax(logits, axis=-1).astype(jnp.int32))
 
 
-def _iou_one_to_many(box: jnp.ndarray, boxes: jnp.ndarray) -> jnp.ndarray:
-  """IoU as TF's NMS kernel computes it: corners in any order, empty boxes 0."""
-  def canonical(b):
-    return (jnp.minimum(b[..., 0], b[..., 2]), jnp.minimum(b[..., 1], b[..., 3]),
-            jnp.maximum(b[..., 0], b[..., 2]), jnp.maximum(b[..., 1], b[..., 3]))
-  ay0, ax0, ay1, ax1 = canonical(box)
-  by0, bx0, by1, bx1 = canonical(boxes)
-  area_a = (ay1 - ay0) * (ax1 - ax0)
-  area_b = (by1 - by0) * (bx1 - bx0)
-  inter = (jnp.maximum(jnp.minimum(ay1, by1) - jnp.maximum(ay0, by0), 0) *
-           jnp.maximum(jnp.minimum(ax1, bx1) - jnp.maximum(ax0, bx0), 0))
-  iou = inter / jnp.where(area_a + area_b - inter > 0, area_a + area_b - inter, 1)
-  return jnp.where((area_a <= 0) | (area_b <= 0), 0.0, iou)
-
-
 def nms(boxes: jnp.ndarray, scores: jnp.ndarray, classes: jnp.ndarray, *, method: str,
         iou_threshold: float, sigma: float, score_threshold: float, max_detections: int,
         per_class: bool):
@@ -88,7 +74,7 @@ def nms(boxes: jnp.ndarray, scores: jnp.ndarray, classes: jnp.ndarray, *, method
     masked = jnp.where(alive, current, -jnp.inf)
     i = jnp.argmax(masked)       # ties go to the lower index, as in TF
     ok = alive[i]
-    iou = _iou_one_to_many(boxes[i], boxes)
+    iou = pairwise_iou(boxes[i][None], boxes)[0]
     if per_class:
       iou = jnp.where(classes == classes[i], iou, 0.0)
     if method == 'hard':
@@ -108,6 +94,14 @@ def nms(boxes: jnp.ndarray, scores: jnp.ndarray, classes: jnp.ndarray, *, method
           jnp.zeros(max_detections, scores.dtype), jnp.int32(0))
   _, _, indices, selected, count = jax.lax.fori_loop(0, max_detections, step, init)
   return indices, selected, count
+
+
+def settings(postprocess_config, per_class: bool) -> dict:
+  """`postprocess()` keyword arguments from a config's `postprocess` section."""
+  p = postprocess_config
+  return dict(method=p.nms_method, iou_threshold=p.iou_threshold, sigma=p.sigma,
+              score_threshold=p.score_threshold, max_nms_inputs=p.max_nms_inputs,
+              max_detections=p.max_detections, per_class=per_class)
 
 
 def postprocess(cls_outputs: Sequence[jnp.ndarray], box_outputs: Sequence[jnp.ndarray],

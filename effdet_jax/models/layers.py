@@ -164,9 +164,7 @@ class BatchNorm(nn.Module):
   Under `jit` with a batch-sharded input the statistics are reduced across
   devices by XLA, so training gives synchronized BatchNorm without an axis
   name. Inference folds the statistics into one multiply-add,
-  `x * inv + (beta - mean * inv)`, as TF's fused kernel does; with
-  ill-conditioned statistics the order of these float32 operations is visible
-  in the outputs, and this order reproduces the official ones.
+  `x * inv + (beta - mean * inv)`, the order of TF's fused kernel.
   """
   momentum: float = 0.99
   epsilon: float = 1e-3

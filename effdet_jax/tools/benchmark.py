@@ -56,9 +56,7 @@ def benchmark_postprocess(config, batch_size: int, repeats: int, warmup: int, pe
   anchors = jnp.asarray(anchors_lib.anchors_for(config))
   fn = jax.jit(lambda c, b: postprocess.postprocess(
       c, b, anchors, jnp.ones(batch_size), image_size=(height, width), num_classes=m.num_classes,
-      method=p.nms_method, iou_threshold=p.iou_threshold, sigma=p.sigma,
-      score_threshold=p.score_threshold, max_nms_inputs=p.max_nms_inputs,
-      max_detections=p.max_detections, per_class=per_class))
+      **postprocess.settings(p, per_class)))
   result = _time(fn, (cls, box), batch_size, repeats, warmup)
   result.update({'mode': 'postprocess', 'model': m.name, 'batch_size': batch_size,
                  'per_class': per_class, 'nms_method': p.nms_method,
