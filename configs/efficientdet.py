@@ -69,6 +69,18 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   return m
 
 
+def split_config(tfds_split: str) -> ml_collections.ConfigDict:
+  """Where one split lives, for each source; only the fields of `data.source` are read."""
+  split = ml_collections.ConfigDict()
+  split.tfds_name = 'coco/2017'
+  split.tfds_split = tfds_split
+  split.data_dir = ''          # TFDS data_dir; may be gs://
+  split.annotations = ''       # COCO-JSON annotation file
+  split.images = ''            # the folder its file_names are relative to
+  split.file_pattern = ''      # TFRecord shards, e.g. gs://bucket/coco/train-*
+  return split
+
+
 def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   """The paper's COCO recipe for one size (`arg` in d0 ... d7, d7x)."""
   config = ml_collections.ConfigDict()
@@ -76,6 +88,16 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   config.model = model_config(arg)
 
   config.data = ml_collections.ConfigDict()
+  # Where examples come from: 'tfds' | 'coco_json' | 'tfrecord' (see effdet_jax/data/).
+  config.data.source = 'tfds'
+  config.data.train = split_config('train')
+  config.data.val = split_config('validation')
+  # Categories: '' = the dataset's own list, 'coco' = COCO 2017's, or a JSON file
+  # with a COCO "categories" list. Scheme: 'id_minus_one' (class = id - 1, the
+  # official 90-class COCO layout) or 'contiguous' (sorted ids -> 0..K-1).
+  config.data.categories = ''
+  config.data.category_scheme = 'id_minus_one'
+  config.data.shuffle_buffer_size = 1024   # tfds / tfrecord; COCO-JSON shuffles fully
   config.data.input_rand_hflip = True
   config.data.jitter_min = 0.1
   config.data.jitter_max = 2.0

@@ -27,7 +27,7 @@ def test_thresholds_force_match_and_padding():
 
 def test_force_match_conflict_goes_to_the_first_box():
   gt = jnp.array([[50, 50, 59, 59], [51, 51, 60, 60]], jnp.float32)
-  matches = match(pairwise_iou(gt, ANCHORS), jnp.array([True, True]), 0.5, 0.5)
+  matches = match(ANCHORS, gt, jnp.array([True, True]), 0.5, 0.5)
   assert int(matches[3]) == 0
 
 
@@ -41,7 +41,7 @@ def test_no_valid_boxes_gives_no_positives():
 
 def test_ignored_band_between_thresholds():
   gt = jnp.array([[0, 2, 10, 12]], jnp.float32)
-  matches = match(pairwise_iou(gt, ANCHORS), jnp.array([True]), 0.6, 0.4)
+  matches = match(ANCHORS, gt, jnp.array([True]), 0.6, 0.4)
   # Anchor 1 (IoU 0.54) is ignored; anchor 0 matched; the far ones background.
   np.testing.assert_array_equal(matches, [0, target_assigner.IGNORED, BACKGROUND, BACKGROUND])
 
@@ -72,3 +72,46 @@ def test_assign_is_jittable_with_static_shapes():
   gt = jnp.tile(jnp.array([[0, 2, 10, 12]], jnp.float32)[None], (2, 1, 1))
   t = fn(ANCHORS, gt, jnp.array([[1], [2]]), jnp.array([[True], [False]]))
   np.testing.assert_array_equal(t.num_positives, [2.0, 0.0])
+
+
+def _matrix_match(iou, valid, match_threshold, unmatched_threshold):
+  """The ArgMaxMatcher written over the full IoU matrix, as a reference."""
+  iou = np.where(valid[:, None], iou, -1.0)
+  best_gt, best_iou = iou.argmax(0), iou.max(0)
+  matches = np.where(best_iou < unmatched_threshold, BACKGROUND, best_gt)
+  matches = np.where((best_iou >= unmatched_threshold) & (best_iou < match_threshold),
+                     target_assigner.IGNORED, matches)
+  for gt in range(len(valid) - 1, -1, -1):   # the first box claiming an anchor wins
+    if valid[gt]:
+      matches[iou[gt].argmax()] = gt
+  return matches
+
+
+GRID = jnp.asarray([[y, x, y + s, x + s] for s in (8.0, 16.0) for y in range(0, 64, 8)
+                    for x in range(0, 64, 8)], jnp.float32)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(box, st.booleans()), min_size=1, max_size=7),
+       st.sampled_from([(0.5, 0.5), (0.6, 0.4)]))
+def test_loop_matching_equals_the_iou_matrix_argmax(rows, thresholds):
+  gt = jnp.array([r[0] for r in rows], jnp.float32)
+  valid = np.array([r[1] for r in rows])
+  got = match(GRID, gt, jnp.asarray(valid), *thresholds)
+  want = _matrix_match(np.asarray(pairwise_iou(gt, GRID)), valid, *thresholds)
+  np.testing.assert_array_equal(got, want)
+
+
+def test_batch_targets_levels_and_unloadable_images():
+  level_shapes = [(8, 8), (4, 4)]
+  anchors = jnp.concatenate([GRID[:64], GRID[64:][::4]])   # 8x8 + 4x4 locations, 1 anchor each
+  boxes = jnp.tile(jnp.array([[[8, 8, 16, 16], [0, 0, 0, 0]]], jnp.float32), (2, 1, 1))
+  classes = jnp.array([[4, -1], [4, -1]])
+  cls, box, num_positives = target_assigner.batch_targets(
+      anchors, boxes, classes, jnp.array([True, False]), level_shapes, 1)
+  assert [c.shape for c in cls] == [(2, 8, 8, 1), (2, 4, 4, 1)]
+  assert [b.shape for b in box] == [(2, 8, 8, 4), (2, 4, 4, 4)]
+  assert int(cls[0][0, 1, 1, 0]) == 4 and float(num_positives[0]) >= 1
+  # An image flagged invalid contributes nothing: every anchor ignored, no positives.
+  assert all(bool(jnp.all(c[1] == target_assigner.IGNORED)) for c in cls)
+  assert float(num_positives[1]) == 0.0

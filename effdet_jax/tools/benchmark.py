@@ -9,9 +9,15 @@ Modes:
          device-resident batch.
   postprocess  the jitted post-processing (decode, pre-NMS top-k, NMS, clip,
          scale) of random head outputs, global or `--per_class` NMS.
-Training and input-pipeline modes are added with the parts they measure.
+  input  the training input pipeline (read, decode, clean, flip, scale jitter,
+         crop, pad, batch) of `config.data`, or with `--synthetic_dir DIR` of a
+         generated COCO-JSON set of COCO-sized (640 px) JPEGs written there;
+         `--threads` caps tf.data's threads. Also times the on-device anchor
+         assignment of one of its batches (the train step does it).
+Training mode is added with the train step.
 """
 import json
+import os
 import resource
 import statistics
 import time
@@ -25,7 +31,7 @@ from effdet_jax.convert import init_variables
 from effdet_jax.models import build_model, image_hw, inference, layers
 
 FLAGS = flags.FLAGS
-MODES = ('infer', 'postprocess')
+MODES = ('infer', 'postprocess', 'input')
 
 
 def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
@@ -64,6 +70,50 @@ def benchmark_postprocess(config, batch_size: int, repeats: int, warmup: int, pe
   return result
 
 
+def benchmark_input(config, batch_size: int, repeats: int, warmup: int, threads: int,
+                    synthetic_dir: str):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from effdet_jax.data import input_pipeline, synthetic  # pylint: disable=g-import-not-at-top
+  from effdet_jax.detection import anchors as anchors_lib, target_assigner  # pylint: disable=g-import-not-at-top
+  if synthetic_dir:
+    synthetic.ensure_dataset(synthetic_dir, num_train=256, num_val=0, image_size=640)
+    config.data.source = 'coco_json'
+    config.data.train.annotations = synthetic.annotation_path(synthetic_dir, 'train')
+    config.data.train.images = synthetic.image_dir(synthetic_dir, 'train')
+    config.data.categories = ''
+  config.train.global_batch_size = batch_size
+  dataset = input_pipeline.train_data(config, process_index=0, process_count=1).dataset
+  if threads:
+    options = input_pipeline.tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    dataset = dataset.with_options(options)
+  batches = dataset.as_numpy_iterator()
+  for _ in range(warmup):
+    batch = next(batches)
+  start = time.perf_counter()
+  for _ in range(repeats):
+    batch = next(batches)
+  elapsed = time.perf_counter() - start
+
+  m = config.model
+  anchors = jnp.asarray(anchors_lib.anchors_for(config))
+  sizes = anchors_lib.feature_sizes(image_hw(config), m.max_level)[m.min_level:]
+  targets = jax.jit(lambda b, c, v: target_assigner.batch_targets(
+      anchors, b, c, v, sizes, m.num_scales * len(m.aspect_ratios)))
+  assign = _time(targets, tuple(jnp.asarray(batch[k]) for k in ('boxes', 'classes', 'image_valid')),
+                 batch_size, repeats, 1)
+  cores = threads or os.cpu_count()
+  rate = repeats * batch_size / elapsed
+  return {'mode': 'input', 'model': m.name, 'batch_size': batch_size,
+          'image_size': list(image_hw(config)), 'source': config.data.source,
+          'images_per_sec': round(rate, 2), 'threads': cores,
+          'images_per_sec_per_core': round(rate / cores, 2),
+          'boxes_per_image': round(float(np.mean(np.sum(batch['classes'] >= 0, axis=1))), 1),
+          'targets_ms_per_batch': assign['step_ms_median'], 'compile_s': assign['compile_s'],
+          'backend': jax.default_backend(),
+          'peak_host_memory_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 def _time(fn, args, batch_size: int, repeats: int, warmup: int):
   start = time.perf_counter()
   compiled = fn.lower(*args).compile()
@@ -88,6 +138,18 @@ def main(argv):
   config = FLAGS.config
   if FLAGS.precision:
     config.model.dtype = FLAGS.precision
+  if FLAGS.mode == 'input':
+    result = benchmark_input(config, FLAGS.batch_size, FLAGS.repeats, FLAGS.warmup, FLAGS.threads,
+                             FLAGS.synthetic_dir)
+    print(f"{result['model']} input pipeline ({result['source']}, {result['image_size']} px, jitter "
+          f"{config.data.jitter_min}-{config.data.jitter_max}) batch {result['batch_size']}: "
+          f"{result['images_per_sec']:.1f} images/s on {result['threads']} threads "
+          f"({result['images_per_sec_per_core']:.1f} per core); anchor targets on "
+          f"{result['backend']}: {result['targets_ms_per_batch']:.1f} ms/batch; peak host memory "
+          f"{result['peak_host_memory_mib']} MiB")
+    if FLAGS.json:
+      print(json.dumps(result))
+    return
   if FLAGS.mode == 'infer':
     result = benchmark_infer(config, FLAGS.batch_size, FLAGS.repeats, FLAGS.warmup)
     what = f"{result['precision']} ({result['conv_impl']} convs)"
@@ -114,5 +176,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('warmup', 2, 'untimed steps after compilation')
   flags.DEFINE_bool('json', False, 'print one JSON object as the last line')
   flags.DEFINE_bool('per_class', False, 'postprocess mode: NMS per class')
+  flags.DEFINE_integer('threads', 0, 'input mode: tf.data threads (0: all cores)')
+  flags.DEFINE_string('synthetic_dir', '', 'input mode: generate and read a synthetic COCO-JSON set here')
   flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -1,0 +1,1 @@
+"""Input pipelines: readers, bad-data handling, augmentation, the synthetic dataset."""
