@@ -72,17 +72,17 @@ class TfdsSource(source.Source):
 
   def parse(self, element):
     objects = element['objects']
-    labels = tf.cast(objects['label'], tf.int64)
+    labels = tf.reshape(tf.cast(objects['label'], tf.int64), [-1])
     count = tf.shape(labels)[0]
     if self._has_id:
-      image_id = tf.cast(element['image/id'], tf.int64)
+      image_id = tf.reshape(tf.cast(element['image/id'], tf.int64), [])
     else:
       image_id = tf.strings.to_hash_bucket_fast(element['image/filename'], 2**62)
     return {
         'image': element['image'], 'image_id': image_id, 'missing': tf.constant(False),
         'boxes': tf.reshape(tf.cast(objects['bbox'], tf.float32), [-1, 4]),
         'category_ids': tf.gather(tf.constant(self._label_ids), labels),
-        'is_crowd': (tf.cast(objects['is_crowd'], tf.bool) if self._has_crowd
+        'is_crowd': (tf.reshape(tf.cast(objects['is_crowd'], tf.bool), [-1]) if self._has_crowd
                      else tf.zeros([count], tf.bool)),
-        'areas': (tf.cast(objects['area'], tf.float32) if self._has_area
+        'areas': (tf.reshape(tf.cast(objects['area'], tf.float32), [-1]) if self._has_area
                   else tf.fill([count], -1.0))}

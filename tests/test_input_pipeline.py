@@ -1,0 +1,105 @@
+"""The training stream: seeded, resumable at any step, split over hosts; eval covers each image once."""
+import copy
+import itertools
+
+import numpy as np
+import pytest
+
+from data_helpers import coco_config
+from effdet_jax.data import input_pipeline, synthetic
+
+
+@pytest.fixture(scope='module')
+def config(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('shapes'))
+  synthetic.ensure_dataset(root, num_train=10, num_val=7, image_size=64, seed=3)
+  c = coco_config(synthetic.annotation_path(root, 'train'), synthetic.image_dir(root, 'train'))
+  c.data.val.annotations = synthetic.annotation_path(root, 'val')
+  c.data.val.images = synthetic.image_dir(root, 'val')
+  return c
+
+
+def _batches(config, count, **kwargs):
+  data = input_pipeline.train_data(config, process_index=0, process_count=1, **kwargs)
+  return list(itertools.islice(data.dataset.as_numpy_iterator(), count))
+
+
+def _assert_same(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_same_seed_same_batches_other_seed_other_batches(config):
+  first = _batches(config, 4)
+  _assert_same(first, _batches(config, 4))
+  other = copy.deepcopy(config)
+  other.seed = 1
+  assert not np.array_equal(first[0]['image'], _batches(other, 1)[0]['image'])
+
+
+def test_resume_at_step_k_sees_the_uninterrupted_batches(config):
+  # 10 images, batches of 4: step 3 starts inside the second epoch.
+  uninterrupted = _batches(config, 7)
+  for k in (1, 3, 5):
+    _assert_same(uninterrupted[k:], _batches(config, 7 - k, start_step=k))
+
+
+def test_each_epoch_is_a_new_permutation(config):
+  ids = np.concatenate([b['image_id'] for b in _batches(config, 5)])
+  assert sorted(ids[:10]) == list(range(1, 11)) and sorted(ids[10:20]) == list(range(1, 11))
+  assert not np.array_equal(ids[:10], ids[10:20])
+
+
+def test_two_hosts_read_disjoint_halves(config):
+  epochs = []
+  for host in range(2):
+    data = input_pipeline.train_data(config, process_index=host, process_count=2)
+    assert data.examples_per_epoch == 5
+    ids = np.concatenate([b['image_id'] for b in itertools.islice(
+        data.dataset.as_numpy_iterator(), 5)])      # host batch 2: 10 examples = 2 epochs
+    assert ids.shape == (10,)
+    epochs.append((set(ids[:5]), set(ids[5:])))
+  for e in range(2):
+    assert epochs[0][e].isdisjoint(epochs[1][e])
+    assert epochs[0][e] | epochs[1][e] == set(range(1, 11))
+
+
+def test_batch_layout_and_bfloat16(config):
+  batch = _batches(config, 1)[0]
+  assert batch['image'].shape == (4, 64, 64, 3) and batch['image'].dtype == np.float32
+  assert batch['boxes'].shape == (4, 100, 4) and batch['classes'].shape == (4, 100)
+  valid = batch['classes'] >= 0
+  assert valid.any() and (batch['boxes'][valid][:, 2:] > batch['boxes'][valid][:, :2]).all()
+  assert (batch['boxes'][valid] <= 63).all() and (batch['boxes'][valid] >= 0).all()
+  bf16 = copy.deepcopy(config)
+  bf16.model.dtype = 'bfloat16'
+  assert _batches(bf16, 1)[0]['image'].dtype.name == 'bfloat16'
+
+
+def test_global_batch_must_divide_over_hosts(config):
+  with pytest.raises(ValueError, match='global batch size 4 does not divide by the 3 processes'):
+    input_pipeline.train_data(config, process_index=0, process_count=3)
+
+
+def test_eval_covers_every_image_once_with_padding_on_uneven_hosts(config):
+  # 7 images over 3 hosts (3, 2, 2) in batches of 2 per host: 2 batches each, 5 padding rows.
+  seen, counts = [], []
+  for host in range(3):
+    data = input_pipeline.eval_data(config, batch_size=6, process_index=host, process_count=3)
+    batches = list(data.dataset.as_numpy_iterator())
+    assert len(batches) == data.num_batches == 2
+    valid = np.concatenate([b['image_valid'] for b in batches])
+    seen.extend(np.concatenate([b['image_id'] for b in batches])[valid].tolist())
+    counts.append(data.num_examples)
+  assert sorted(seen) == list(range(1, 8)) and counts == [3, 2, 2]
+  batch = next(input_pipeline.eval_data(config, 7, process_index=0, process_count=1)
+               .dataset.as_numpy_iterator())
+  # Ground truth in original pixels, scale maps input pixels back.
+  sizes = batch['original_size']
+  np.testing.assert_allclose(batch['image_scale'], 1 / np.minimum(64 / sizes[:, 0], 64 / sizes[:, 1]),
+                             rtol=1e-6)
+  gt = batch['gt_boxes'][batch['gt_category_ids'] >= 0]
+  assert (gt[:, 2] <= sizes.max()).all() and len(gt) > 0
