@@ -16,6 +16,7 @@ setup(
         'numpy>=1.26',
         'tensorflow-cpu>=2.16',
         'tensorflow-datasets>=4.9',
+        'tensorboard>=2.16',
         'pycocotools>=2.0.8',
         'pillow>=10',
     ],

@@ -34,6 +34,8 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
   m.name = f'efficientdet-{name}'
   m.backbone = backbone
+  # (width, depth) coefficients overriding the backbone's, for small models; () keeps them.
+  m.backbone_scaling = ()
   m.image_size = (image_size, image_size)   # (height, width), multiples of 2**max_level
   m.min_level = 3
   m.max_level = 7
@@ -57,6 +59,9 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   m.head_survival_prob = None
   # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
   m.dtype = 'float32'
+  # Rematerialization: recompute backbone blocks and BiFPN cells in the backward
+  # pass (less activation memory, ~1/3 more compute), for the big models.
+  m.remat = False
   # Convolution formulation: 'auto' picks per backend (see models/layers.py).
   m.conv_impl = 'auto'
   # Images per chunk of the inference forward pass; 0 picks per backend
@@ -115,17 +120,37 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.global_batch_size = 128
+  # Length: num_steps if > 0, else num_epochs over the training split.
+  config.train.num_steps = 0
   config.train.num_epochs = 600 if arg in ('d7', 'd7x') else 300
-  config.train.optimizer = 'sgd'
-  config.train.momentum = 0.9
-  # Peak learning rate for the global batch: 0.08 per 64 images.
+  config.train.momentum = 0.9           # SGD
+  # Peak learning rate for the global batch: 0.08 per 64 images (set it with the batch).
   config.train.learning_rate = 0.08 * config.train.global_batch_size / 64
+  # Linear warm-up from lr_warmup_init over warmup_steps if > 0, else lr_warmup_epochs;
+  # then the official cosine decay.
   config.train.lr_warmup_init = 0.008
+  config.train.warmup_steps = 0
   config.train.lr_warmup_epochs = 1.0
-  config.train.lr_decay_method = 'cosine'
   config.train.clip_gradients_norm = 10.0
-  config.train.weight_decay = 4e-5
-  config.train.ema_decay = 0.9998
+  config.train.weight_decay = 4e-5      # L2 on kernels, as the official
+  config.train.ema_decay = 0.9998       # 0 disables the EMA
+  # 'float32', or 'bfloat16' compute with float32 weights; the same field as model.dtype.
+  precision = ml_collections.FieldReference(config.model.dtype)
+  config.model.dtype = precision
+  config.train.precision = precision
+  # Variables not trained: a regex on '/'-joined parameter paths, e.g. '^backbone/'.
+  config.train.freeze_regex = ''
+  # Start from an official TF checkpoint or a converted one (all of it, or only the
+  # EfficientNet backbone); a class head of another size is re-initialized.
+  config.train.init_checkpoint = ''
+  config.train.init_backbone_only = False
+  # 'stop' the run naming the step, or 'skip' the update, when the loss is not finite.
+  config.train.on_nonfinite = 'stop'
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 1000
+  config.train.keep_checkpoints = 3
+  config.train.eval_every_steps = 0     # 0: only at the end (train_and_eval)
+  config.model_parallelism = 1          # size of the mesh's `model` axis
 
   config.postprocess = ml_collections.ConfigDict()
   config.postprocess.nms_method = 'gaussian'   # 'gaussian' (soft-NMS) | 'hard'

@@ -1,7 +1,10 @@
-"""Model variables on disk as orbax checkpoints, with the config beside them."""
+"""Checkpoints on disk, with orbax: model variables (converted or exported) with
+their config beside them, and the training states of a workdir."""
 import json
 import os
+from typing import Optional
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -48,3 +51,50 @@ def load_variables(path: str, config: ml_collections.ConfigDict):
     return restore_variables(path, config)
   from effdet_jax.convert import load_official_checkpoint  # pylint: disable=g-import-not-at-top
   return load_official_checkpoint(path, config)
+
+
+class TrainCheckpoints:
+  """The training states of a workdir (`DIR/checkpoints/<step>`), saved
+  asynchronously, the last `keep` kept. A state is restored onto whatever mesh
+  the abstract target names, so a checkpoint written on N devices restores on M.
+  Only complete checkpoints are ever seen as the latest (orbax finalizes a step
+  directory by an atomic rename)."""
+
+  def __init__(self, workdir: str, keep: int):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.manager = ocp.CheckpointManager(
+        self.directory, item_handlers=ocp.StandardCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=True))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state) -> None:
+    self.manager.save(step, args=ocp.args.StandardSave(state))
+
+  def restore(self, abstract_state, step: Optional[int] = None):
+    step = self.latest_step() if step is None else step
+    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def restore_on_one_device(self, step: Optional[int] = None):
+    """A saved state as a dict of arrays on this process's first device, whatever
+    topology wrote it (for evaluation, export and inspection)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            self.manager.item_metadata(step))
+    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def abstract_like(tree, sharding):
+  """Shape/dtype stand-ins of `tree`'s leaves, placed with `sharding`."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

@@ -32,6 +32,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def replicate(tree, mesh: Mesh):
+  """Host values that are the same on every process -> arrays replicated over the mesh."""
+  sharding = replicated(mesh)
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(put, tree)
+
+
 def check_global_batch(global_batch_size: int, mesh: Mesh):
   """The global batch must split evenly over the data axis."""
   n = mesh.shape['data']

@@ -154,6 +154,7 @@ class CocoJsonSource(source.Source):
 
   image_is_path = True
   boxes_normalized = False
+  random_access = True
 
   def __init__(self, annotations: str, images: str):
     if not annotations:

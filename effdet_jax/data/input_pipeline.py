@@ -1,12 +1,19 @@
 """The training and evaluation input pipelines, for every source.
 
-Training stream of one host, as a function of (config.seed, host, step):
-  epochs e = e0, e0+1, ...: the source's share for this host, shuffled by
-  (seed, e) -> numbered -> in epoch e0, skip to the resume position -> parse ->
+Training stream of one host, as a function of (config.seed, step):
+  epochs e = e0, e0+1, ...: the examples shuffled by (seed, e) -> numbered ->
+  in epoch e0, skip to the resume position -> this host's examples -> parse ->
   read + decode (failures become flagged placeholders) -> clean boxes ->
-  augment with a seed made from (seed, host, e, position) -> fixed-size batch.
-Nothing is ever filtered out, so step k's batch is the same whether the run
-started at 0 or resumed at k.
+  augment with a seed made from the example's place in the stream ->
+  fixed-size batch.
+Nothing is dropped after the position is fixed, so step k's batch is the same
+whether the run started at 0 or resumed at k.
+
+Sources with random access (COCO-JSON) have one global order: global batch k
+is the same examples whatever the number of hosts, and host p reads only its
+slice of it, so a run on 2 hosts sees exactly the data of a run on 1. Sharded
+sources (TFRecords, TFDS) give each host its own shard and shuffle it, since a
+global order would make every host read every record.
 
 Targets (anchor labels) are not computed here: the batch carries the padded
 ground truth and the train step assigns anchors on device (see
@@ -88,7 +95,7 @@ def _loaded(examples: tf.data.Dataset, source: Source) -> tf.data.Dataset:
 class TrainData:
   dataset: tf.data.Dataset   # infinite; batches of this host
   categories: categories_lib.CategoryMap
-  examples_per_epoch: int    # this host's share
+  examples_per_epoch: int    # this host's share (on average, for a global order)
   source: Source
 
 
@@ -106,13 +113,23 @@ def train_data(config: ml_collections.ConfigDict, start_step: int = 0,
   data = config.data
   source = source or open_source(config, 'train')
   cmap = category_map(config, source)
-  batch = host_batch_size(config.train.global_batch_size, count)
-  n = source.num_examples(index, count)
-  if n == 0:
+  global_batch = config.train.global_batch_size
+  batch = host_batch_size(global_batch, count)
+  if source.random_access:
+    # One global order; host p takes slots [p*b, (p+1)*b) of every global batch.
+    n = source.num_examples(0, 1)
+    start_epoch, position = divmod(start_step * global_batch, n)
+    host_share = n // count
+  else:
+    n = source.num_examples(index, count)
+    start_epoch, position = divmod(start_step * batch, n)
+    host_share = n
+  if n == 0 or host_share == 0:
     raise ValueError(f'{source.name}: process {index} of {count} has no training examples')
-  start_epoch, position = divmod(start_step * batch, n)
-  logging.info('training data %s: %d examples on this host; step %d starts at epoch %d, example %d',
-               source.name, n, start_step, start_epoch, position)
+  logging.info('training data %s: %d examples per epoch (%s); step %d starts at epoch %d, '
+               'example %d', source.name, n,
+               'global order' if source.random_access else "this host's shard",
+               start_step, start_epoch, position)
   seed = int(config.seed)
   output_size = tuple(config.model.image_size)
   max_instances = data.max_instances_per_image
@@ -120,13 +137,22 @@ def train_data(config: ml_collections.ConfigDict, start_step: int = 0,
   table = cmap.lookup_table()
 
   def epoch(e):
-    elements = source.epoch(e, seed, index, count).enumerate()
+    if source.random_access:
+      elements = source.epoch(e, seed, 0, 1).enumerate()
+    else:
+      elements = source.epoch(e, seed, index, count).enumerate()
     elements = elements.skip(tf.where(tf.equal(e, start_epoch), tf.constant(position, tf.int64), 0))
+    if source.random_access:
+      mine = lambda i, _: (e * n + i) % global_batch // batch == index
+      elements = elements.filter(mine)
     return elements.map(lambda i, element: (e, i, element))
 
   def parse(e, i, element):
     example = source.parse(element)
-    key = tf.stack([tf.constant(seed, tf.int64), tf.constant(index, tf.int64)])
+    # Seeded by the example's place in the stream (and the host, whose stream it is
+    # for sharded sources), so it is augmented the same wherever it is processed.
+    key = tf.stack([tf.constant(seed, tf.int64),
+                    tf.constant(-1 if source.random_access else index, tf.int64)])
     key = tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(key, e), i)
     example['seed'] = key
     return example
@@ -151,7 +177,7 @@ def train_data(config: ml_collections.ConfigDict, start_step: int = 0,
   ds = _loaded(ds, source)
   ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return TrainData(ds.with_options(_options()), cmap, n, source)
+  return TrainData(ds.with_options(_options()), cmap, host_share, source)
 
 
 @dataclasses.dataclass

@@ -24,6 +24,8 @@ class Source(abc.ABC):
   name: str = ''
   image_is_path: bool = False
   boxes_normalized: bool = False
+  # Cheap to read in any order: then training uses one global order over all hosts.
+  random_access: bool = False
   # The dataset's categories as COCO-style dicts, or None if it does not list them.
   categories: Optional[List[Dict]] = None
   # Annotations left out while indexing, by reason (they belong to no example).

@@ -158,6 +158,7 @@ class BiFPN(nn.Module):
   max_level: int
   num_cells: int
   settings: FPNSettings
+  remat: bool = False   # recompute each cell in the backward pass
 
   @nn.compact
   def __call__(self, feats: Sequence[jax.Array], train: bool) -> List[jax.Array]:
@@ -165,7 +166,8 @@ class BiFPN(nn.Module):
     # Each level's output is the newest node of that level.
     output_ids = [len(feats) + max(i for i, (lvl, _) in enumerate(nodes) if lvl == level)
                   for level in range(self.min_level, self.max_level + 1)]
+    cell_cls = nn.remat(FPNCell, static_argnums=(2,)) if self.remat else FPNCell
     for rep in range(self.num_cells):
-      all_feats = FPNCell(nodes, self.min_level, self.settings, name=f'cell_{rep}')(feats, train)
+      all_feats = cell_cls(nodes, self.min_level, self.settings, name=f'cell_{rep}')(feats, train)
       feats = [all_feats[i] for i in output_ids]
     return feats

@@ -31,7 +31,8 @@ class EfficientDet(nn.Module):
                        f'got {c.min_level}..{c.max_level}')
     bn = dict(bn_momentum=c.batch_norm_momentum, bn_epsilon=c.batch_norm_epsilon)
     features = EfficientNet(c.backbone, c.act_type, survival_prob=c.backbone_survival_prob,
-                            impl=impl, dtype=dtype, name='backbone', **bn)(images, train)
+                            impl=impl, dtype=dtype, scaling=tuple(c.backbone_scaling),
+                            remat=c.remat, name='backbone', **bn)(images, train)
     fpn = FPNSettings(c.fpn_num_filters, c.fpn_weight_method, c.act_type,
                       c.apply_bn_for_resampling, c.conv_after_downsample, impl=impl,
                       dtype=dtype, **bn)
@@ -40,7 +41,8 @@ class EfficientDet(nn.Module):
       height, width = feats[-1].shape[1:3]
       feats.append(fpn.resample(f'resample_p{level}')(
           feats[-1], ((height + 1) // 2, (width + 1) // 2), train))
-    feats = BiFPN(c.min_level, c.max_level, c.fpn_cell_repeats, fpn, name='fpn_cells')(
+    feats = BiFPN(c.min_level, c.max_level, c.fpn_cell_repeats, fpn, remat=c.remat,
+                  name='fpn_cells')(
         feats, train)
     num_anchors = c.num_scales * len(c.aspect_ratios)
     head = dict(num_anchors=num_anchors, num_filters=c.fpn_num_filters,

@@ -6,7 +6,7 @@ official checkpoints map onto this tree by name.
 """
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -74,11 +74,20 @@ class BlockArgs:
   se_ratio: float
 
 
-def block_list(backbone: str) -> List[BlockArgs]:
-  """Every MBConv block of a scaled EfficientNet, in order."""
+def scaling_of(backbone: str, scaling: Sequence[float] = ()) -> Tuple[float, float]:
+  """(width, depth) coefficients: the named backbone's, or `scaling` if given."""
+  if scaling:
+    if len(scaling) != 2 or min(scaling) <= 0:
+      raise ValueError(f'model.backbone_scaling must be (width, depth) > 0, got {scaling}')
+    return float(scaling[0]), float(scaling[1])
   if backbone not in SCALING:
     raise ValueError(f'unknown backbone {backbone!r}; expected one of {tuple(SCALING)}')
-  width, depth = SCALING[backbone]
+  return SCALING[backbone]
+
+
+def block_list(backbone: str, scaling: Sequence[float] = ()) -> List[BlockArgs]:
+  """Every MBConv block of a scaled EfficientNet, in order."""
+  width, depth = scaling_of(backbone, scaling)
   blocks = []
   for stage in B0_STAGES:
     inp = round_filters(stage.input_filters, width)
@@ -170,19 +179,25 @@ class EfficientNet(nn.Module):
   survival_prob: Optional[float] = None
   impl: str = 'native'
   dtype: Any = jnp.float32
+  # (width, depth) coefficients replacing the named backbone's, for small test
+  # and demo models; () keeps the backbone's own.
+  scaling: Tuple[float, ...] = ()
+  # Recompute each block's activations in the backward pass instead of keeping them.
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images, train: bool) -> Dict[int, Any]:
-    width, _ = SCALING[self.backbone]
+    width, _ = scaling_of(self.backbone, self.scaling)
     x = Stem(round_filters(STEM_FILTERS, width), self.act_type, self.bn_momentum,
              self.bn_epsilon, self.impl, self.dtype, name='stem')(images, train)
-    blocks = block_list(self.backbone)
+    blocks = block_list(self.backbone, self.scaling)
+    block_cls = nn.remat(MBConvBlock, static_argnums=(2,)) if self.remat else MBConvBlock
     features = {}
     for idx, args in enumerate(blocks):
       prob = None
       if self.survival_prob:
         prob = 1.0 - (1.0 - self.survival_prob) * idx / len(blocks)
-      x = MBConvBlock(args, self.act_type, self.bn_momentum, self.bn_epsilon, self.impl,
+      x = block_cls(args, self.act_type, self.bn_momentum, self.bn_epsilon, self.impl,
                       self.dtype, prob, name=f'blocks_{idx}')(x, train)
       # A feature level ends where the next block downsamples, and at the last block.
       if idx == len(blocks) - 1 or blocks[idx + 1].stride > 1:

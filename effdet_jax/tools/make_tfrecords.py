@@ -15,7 +15,6 @@ import logging
 import os
 
 from absl import app, flags
-import numpy as np
 from PIL import Image
 import tensorflow as tf
 

@@ -1,0 +1,71 @@
+"""Entry point: `python -m effdet_jax.main --config configs/efficientdet.py:d0 --workdir DIR`.
+
+Multi-host: on a TPU pod every worker runs the same command and
+`jax.distributed.initialize()` finds the others by itself; elsewhere (GPU
+clusters, several processes on one machine) pass `--coordinator_address`,
+`--num_processes` and `--process_id`.
+"""
+import logging as py_logging
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+MODES = ('train',)
+
+
+def initialize_distributed():
+  if FLAGS.coordinator_address:
+    if FLAGS.cpu_collectives:
+      jax.config.update('jax_cpu_collectives_implementation', FLAGS.cpu_collectives)
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif _on_tpu_pod():
+    jax.distributed.initialize()
+
+
+def _on_tpu_pod() -> bool:
+  import os  # pylint: disable=g-import-not-at-top
+  # Set on every worker of a multi-host TPU VM slice.
+  return len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1
+
+
+def _quiet_orbax(record: py_logging.LogRecord) -> bool:
+  """Orbax logs every checkpoint step at INFO through absl; keep its warnings only."""
+  return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  initialize_distributed()
+  # TF is only the input pipeline here: keep it off any accelerator.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  from effdet_jax import train  # pylint: disable=g-import-not-at-top
+  logging.info('process %d of %d, %d local / %d global devices (%s)', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.default_backend())
+  if FLAGS.mode == 'train':
+    result = train.train(FLAGS.config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step or None)
+    if result.preempted:
+      logging.info('stopped at step %d by preemption; checkpoint saved', result.step)
+    else:
+      logging.info('done: step %d of %d; checkpoints in %s/checkpoints', result.step,
+                   result.total_steps, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'checkpoints, metrics.jsonl, TensorBoard (may be gs://)')
+  flags.DEFINE_enum('mode', 'train', MODES, 'what to run (evaluation comes with the evaluation issue)')
+  flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (not needed on TPU pods)')
+  flags.DEFINE_integer('num_processes', 1, 'with --coordinator_address')
+  flags.DEFINE_integer('process_id', 0, 'with --coordinator_address')
+  flags.DEFINE_string('cpu_collectives', '', "CPU collectives for multi-process CPU runs: 'gloo'")
+  flags.DEFINE_integer('stop_at_step', 0, 'end this run at this step (checkpointed) without '
+                       'changing the schedule; 0: run to the end')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)

@@ -1,0 +1,133 @@
+"""The official optimization recipe: schedule, L2, clipping, SGD momentum, frozen variables, EMA.
+
+The update works on the parameters raveled into one vector (`ParamLayout`):
+per-tensor optimizer, EMA and bookkeeping ops over ~600 leaves made XLA's
+compile of the train step twice as long (54 s -> 27 s for the test model on
+CPU) for no runtime gain.
+"""
+import re
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import traverse_util
+from jax.flatten_util import ravel_pytree
+
+
+def schedule_lengths(train: ml_collections.ConfigDict, examples_per_epoch: int):
+  """(total steps, warm-up steps) from the config, epochs converted with the global batch."""
+  steps_per_epoch = examples_per_epoch / train.global_batch_size
+  total = int(train.num_steps) if train.num_steps > 0 else int(train.num_epochs * steps_per_epoch)
+  warmup = (int(train.warmup_steps) if train.warmup_steps > 0
+            else int(train.lr_warmup_epochs * steps_per_epoch))
+  if total < 1:
+    raise ValueError(f'the run has {total} steps: set config.train.num_steps or num_epochs '
+                     f'({examples_per_epoch} examples per epoch, global batch {train.global_batch_size})')
+  return total, max(warmup, 1)
+
+
+def learning_rate_schedule(peak: float, warmup_init: float, warmup_steps: int,
+                           total_steps: int) -> Callable[[jnp.ndarray], jnp.ndarray]:
+  """Linear warm-up from `warmup_init`, then the official cosine.
+
+  As google/automl's `CosineLrSchedule`, the cosine runs over the step count
+  itself (not the steps since warm-up) with period `total - warmup`: it is at
+  0.5 * peak * (1 + cos(pi * warmup / (total - warmup))) right after warm-up and
+  reaches 0 at `total - warmup`.
+  """
+  decay_steps = max(total_steps - warmup_steps, 1)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = warmup_init + step / warmup_steps * (peak - warmup_init)
+    cosine = 0.5 * peak * (1 + jnp.cos(jnp.pi * step / decay_steps))
+    return jnp.where(step < warmup_steps, warm, cosine)
+
+  return schedule
+
+
+class ParamLayout:
+  """Model variables <-> flat float32 vectors, with per-element masks.
+
+  `l2` marks what the official regularizes: names ending in `kernel` (conv and
+  dense kernels, depthwise and pointwise ones), not biases, BatchNorm or
+  BiFPN fusion weights. `trainable` is 0 where `freeze_regex` matches the
+  '/'-joined parameter path.
+  """
+
+  def __init__(self, abstract_variables, freeze_regex: str = ''):
+    zeros = lambda tree: jax.tree.map(lambda s: np.zeros(s.shape, np.float32), tree)
+    params = zeros(abstract_variables['params'])
+    _, self._unravel_params = ravel_pytree(params)
+    _, self._unravel_stats = ravel_pytree(zeros(abstract_variables.get('batch_stats', {})))
+    flat = traverse_util.flatten_dict(params)
+    paths = ['/'.join(k) for k in flat]
+    # ravel_pytree orders leaves as jax.tree.leaves does; flatten_dict sorts keys the same way.
+    sizes = [x.size for x in jax.tree.leaves(params)]
+    assert sizes == [x.size for x in flat.values()]
+    self.num_params = int(sum(sizes))
+    self.num_tensors = len(sizes)
+    self.sizes = np.asarray(sizes, np.int64)
+    self.tensor_l2 = np.asarray([k[-1].endswith('kernel') for k in flat], np.float32)
+    if freeze_regex:
+      pattern = re.compile(freeze_regex)
+      frozen = [pattern.search(p) is not None for p in paths]
+      if not any(frozen):
+        raise ValueError(f'config.train.freeze_regex={freeze_regex!r} matches no parameter '
+                         f'(paths look like {paths[0]!r})')
+    else:
+      frozen = [False] * len(paths)
+    self.tensor_trainable = 1.0 - np.asarray(frozen, np.float32)
+    self.frozen_tensors = int(sum(frozen))
+
+  def segment_ids(self) -> np.ndarray:
+    """Which tensor each element belongs to. The train step takes it as an
+    argument: built inside the graph, XLA spends seconds constant-folding it."""
+    return np.repeat(np.arange(self.num_tensors, dtype=np.int32), self.sizes)
+
+  def per_element(self, per_tensor: np.ndarray, segments: jnp.ndarray) -> jnp.ndarray:
+    return jnp.asarray(per_tensor)[segments]
+
+  def flatten(self, variables):
+    """`{'params', 'batch_stats'}` -> (params vector, batch-stats vector)."""
+    return (ravel_pytree(variables['params'])[0].astype(jnp.float32),
+            self.flatten_stats(variables.get('batch_stats', {})))
+
+  def flatten_stats(self, batch_stats) -> jnp.ndarray:
+    return ravel_pytree(batch_stats)[0].astype(jnp.float32)
+
+  def variables(self, params, batch_stats):
+    return {'params': self._unravel_params(params), 'batch_stats': self._unravel_stats(batch_stats)}
+
+
+def l2_loss(params: jnp.ndarray, mask: jnp.ndarray, weight_decay: float) -> jnp.ndarray:
+  """weight_decay * sum(v^2) / 2 over the masked variables, as tf.nn.l2_loss."""
+  return weight_decay * 0.5 * jnp.sum(jnp.square(params) * mask)
+
+
+def clip_gradients(grads: jnp.ndarray, segments: jnp.ndarray, num_tensors: int,
+                   max_norm: float) -> jnp.ndarray:
+  """As the official: each tensor to norm <= max_norm, then all of them together."""
+  norms = jnp.sqrt(jax.ops.segment_sum(jnp.square(grads), segments, num_segments=num_tensors))
+  grads = grads * jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-30))[segments]
+  total = jnp.sqrt(jnp.sum(jnp.square(grads)))
+  return grads * jnp.minimum(1.0, max_norm / jnp.maximum(total, 1e-30))
+
+
+def sgd_momentum(params, momentum, grads, learning_rate, beta: float):
+  """TF's MomentumOptimizer: accum = beta * accum + grad; param -= lr * accum."""
+  momentum = beta * momentum + grads
+  return params - learning_rate * momentum, momentum
+
+
+def ema_decay(base: float, step: jnp.ndarray) -> jnp.ndarray:
+  """The official dynamic decay: min(decay, (1 + step) / (10 + step)), so early
+  averages are not dominated by the random initialization."""
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(base, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(average: jnp.ndarray, new: jnp.ndarray, decay) -> jnp.ndarray:
+  return average * decay + new * (1.0 - decay)

@@ -1,0 +1,206 @@
+"""The training loop: mesh, state (fresh, from an official checkpoint, or resumed),
+the sharded step, logging, checkpoints and preemption.
+
+Reads top to bottom: data -> schedule and optimizer -> state -> jitted step ->
+loop. The state is replicated over the mesh and the batch split over its
+`data` axis, so BatchNorm statistics are over the global batch (sync BN) and
+the loss is normalized by the global number of positives: the result does not
+depend on how many devices or hosts share the batch.
+"""
+import dataclasses
+import logging
+import os
+import signal
+import time
+from typing import Dict, Optional
+
+import jax
+import ml_collections
+from jax.experimental import multihost_utils
+
+from effdet_jax import checkpoint, optim, parallel
+from effdet_jax.data import categories as categories_lib, input_pipeline
+from effdet_jax.metrics_writer import MetricsWriter
+from effdet_jax.train_step import METRICS, TrainState, create_state, make_train_step
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: TrainState
+  step: int
+  total_steps: int
+  preempted: bool
+
+
+def initial_variables(config: ml_collections.ConfigDict):
+  """Random weights, or `train.init_checkpoint` (official or converted; backbone only if asked)."""
+  from effdet_jax import convert  # pylint: disable=g-import-not-at-top
+  path = config.train.init_checkpoint
+  if not path:
+    return convert.init_variables(config, jax.random.PRNGKey(config.seed))
+  if config.train.init_backbone_only:
+    return convert.load_official_checkpoint(path, config, backbone_only=True,
+                                            rng=jax.random.PRNGKey(config.seed))
+  if checkpoint.is_variables_dir(path):
+    return checkpoint.restore_variables(path, config)
+  return convert.load_official_checkpoint(path, config, reinit_class_head=config.model.num_classes != 90,
+                                          rng=jax.random.PRNGKey(config.seed))
+
+
+class _Preemption:
+  """SIGTERM (what a preempted VM gets) asks for a checkpoint and a clean exit.
+  With several processes JAX's coordination service sees the signal and all
+  processes agree on the step to stop at."""
+
+  def __init__(self):
+    self.requested = False
+    self.multi = jax.process_count() > 1
+    if not self.multi:
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if self.multi:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def close(self):
+    if not self.multi:
+      signal.signal(signal.SIGTERM, self.previous)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(seconds)
+  if seconds >= 3600:
+    return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+  return f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          stop_at_step: Optional[int] = None) -> TrainResult:
+  """Train until `train.num_steps` (or epochs), resuming from `workdir` if it has a checkpoint.
+
+  `stop_at_step` ends this run early (saving a checkpoint) without changing the schedule.
+  """
+  mesh = parallel.create_mesh(config.model_parallelism)
+  parallel.check_global_batch(config.train.global_batch_size, mesh)
+  batch_sharding = parallel.batch_sharding(mesh)
+  replicated = parallel.replicated(mesh)
+
+  source = input_pipeline.open_source(config, 'train')
+  examples = source.num_examples(0, 1)
+  total_steps, warmup_steps = optim.schedule_lengths(config.train, examples)
+  schedule = optim.learning_rate_schedule(config.train.learning_rate, config.train.lr_warmup_init,
+                                          warmup_steps, total_steps)
+
+  ckpts = checkpoint.TrainCheckpoints(workdir, config.train.keep_checkpoints)
+  from effdet_jax import convert  # pylint: disable=g-import-not-at-top
+  abstract_vars = convert.abstract_variables(config)
+  layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
+  abstract_state = checkpoint.abstract_like(
+      jax.eval_shape(lambda v: create_state(v, layout), abstract_vars), replicated)
+  latest = ckpts.latest_step()
+  if latest is not None:
+    logging.info('resuming from %s step %d', ckpts.directory, latest)
+    state = ckpts.restore(abstract_state, latest)
+  else:
+    variables = parallel.replicate(initial_variables(config), mesh)
+    state = jax.jit(lambda v: create_state(v, layout), out_shardings=replicated)(variables)
+  start = int(state.step)
+
+  data = input_pipeline.train_data(config, start_step=start, source=source)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    data.categories.save(os.path.join(workdir, categories_lib.FILENAME))
+    with open(os.path.join(workdir, checkpoint.CONFIG_FILE), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  logging.info('%d steps of %d images (%d examples per epoch, warm-up %d steps) on %d devices '
+               'in %d processes, from step %d', total_steps, config.train.global_batch_size,
+               examples, warmup_steps, jax.device_count(), jax.process_count(), start)
+
+  batch_shardings = {k: batch_sharding for k in input_pipeline.TRAIN_DEVICE_KEYS}
+  step_fn = jax.jit(make_train_step(config, layout, schedule),
+                    in_shardings=(replicated, batch_shardings, replicated),
+                    out_shardings=replicated, donate_argnums=0)
+  segments = parallel.replicate(layout.segment_ids(), mesh)
+  writer = MetricsWriter(workdir, resume_step=start)
+  preemption = _Preemption()
+  end = min(total_steps, stop_at_step) if stop_at_step else total_steps
+  t = config.train
+  bad_images: Dict[str, int] = {}
+  bad_boxes: Dict[str, int] = {}
+  step, preempted = start, False
+  last_time, last_step = time.time(), start
+  batches = parallel.prefetch_to_devices(data.dataset.as_numpy_iterator(), batch_sharding,
+                                         input_pipeline.TRAIN_DEVICE_KEYS)
+  try:
+    while step < end:
+      device_batch, host_batch = next(batches)
+      state = step_fn(state, device_batch, segments)
+      step += 1
+      images, boxes = input_pipeline.bad_data_counts(host_batch)
+      for total, counts in ((bad_images, images), (bad_boxes, boxes)):
+        for k, v in counts.items():
+          total[k] = total.get(k, 0) + v
+      preempted = preemption.reached(step) and step < end
+      log_now = step % t.log_every_steps == 0 or step == end
+      save_now = step % t.checkpoint_every_steps == 0 or step == end or preempted
+      if log_now or save_now:
+        _check_finite(state, t.on_nonfinite)
+      if log_now:
+        now = time.time()
+        rate = (step - last_step) * t.global_batch_size / max(now - last_time, 1e-9)
+        _log(writer, state, step, total_steps, rate, (now - last_time) / max(step - last_step, 1),
+             bad_images, bad_boxes)
+        last_time, last_step = now, step
+      if save_now:
+        ckpts.save(step, state)
+      if preempted:
+        logging.warning('preemption: saved step %d, exiting; run again with the same workdir '
+                        'to resume', step)
+        break
+  finally:
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+    preemption.close()
+  return TrainResult(state, step, total_steps, preempted)
+
+
+def _check_finite(state: TrainState, policy: str):
+  bad = int(state.first_nonfinite_step)
+  if bad < 0:
+    return
+  if policy == 'stop':
+    raise NonFiniteLossError(
+        f'the loss or its gradient was not finite at step {bad + 1} (no weight was changed by '
+        f'that step); lower the learning rate, check the data, or set '
+        f'config.train.on_nonfinite="skip"')
+  if policy != 'skip':
+    raise ValueError(f'config.train.on_nonfinite must be "stop" or "skip", got {policy!r}')
+
+
+def _log(writer, state, step, total_steps, images_per_sec, step_time, bad_images, bad_boxes):
+  sums, count, skipped = jax.device_get((state.metric_sums, state.metric_count, state.skipped_steps))
+  count = max(int(count), 1)
+  scalars = {k: float(sums[k]) / count for k in METRICS}
+  scalars.update(images_per_sec=round(images_per_sec, 2), step_time_s=round(step_time, 4),
+                 skipped_steps=int(skipped),
+                 images_skipped=int(sum(bad_images.values())),
+                 boxes_dropped=int(sum(bad_boxes.values())))
+  writer.write(step, scalars)
+  eta = (total_steps - step) * step_time
+  logging.info('step %d/%d (%.0f%%) loss %.4f (cls %.4f box %.5f l2 %.4f) lr %.4g |grad| %.3g '
+               '%.1f img/s %.3f s/step ETA %s%s', step, total_steps, 100 * step / total_steps,
+               scalars['loss'], scalars['cls_loss'], scalars['box_loss'], scalars['l2_loss'],
+               scalars['learning_rate'], scalars['grad_norm'], images_per_sec, step_time,
+               _format_eta(eta),
+               f' (bad data so far: images {bad_images}, boxes {bad_boxes})'
+               if any(bad_images.values()) or any(bad_boxes.values()) else '')

@@ -1,0 +1,114 @@
+"""The training state and the one jitted update: targets, loss, gradients, SGD, EMA, metrics.
+
+Everything a resumed run needs to continue exactly is in `TrainState`,
+including the running sums of the logged metrics, so a run restarted from a
+checkpoint logs the same numbers an uninterrupted run would. Weights are flat
+vectors (see `optim.ParamLayout`); `layout.variables(...)` gives the model's
+pytrees back.
+"""
+from typing import Dict
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from effdet_jax import optim
+from effdet_jax.detection import anchors as anchors_lib
+from effdet_jax.detection import losses, target_assigner
+from effdet_jax.models import build_model, image_hw
+
+METRICS = ('loss', 'det_loss', 'cls_loss', 'box_loss', 'l2_loss', 'learning_rate', 'grad_norm',
+           'num_positives')
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: jnp.ndarray            # [P] float32
+  momentum: jnp.ndarray          # [P]
+  batch_stats: jnp.ndarray       # [S] BatchNorm moving means and variances
+  ema_params: jnp.ndarray
+  ema_batch_stats: jnp.ndarray
+  metric_sums: Dict[str, jnp.ndarray]   # since the last logged step
+  metric_count: jnp.ndarray
+  first_nonfinite_step: jnp.ndarray     # -1 while every loss has been finite
+  skipped_steps: jnp.ndarray
+
+
+def create_state(variables, layout: optim.ParamLayout) -> TrainState:
+  params, batch_stats = layout.flatten(variables)
+  return TrainState(
+      step=jnp.zeros([], jnp.int32), params=params, momentum=jnp.zeros_like(params),
+      batch_stats=batch_stats, ema_params=params, ema_batch_stats=batch_stats,
+      metric_sums={k: jnp.zeros([], jnp.float32) for k in METRICS},
+      metric_count=jnp.zeros([], jnp.int32), first_nonfinite_step=jnp.full([], -1, jnp.int32),
+      skipped_steps=jnp.zeros([], jnp.int32))
+
+
+def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout, schedule):
+  """`(state, batch, segments) -> state`; batch: `image`, `boxes`, `classes`,
+  `image_valid`; segments: `layout.segment_ids()` (on the devices, replicated)."""
+  model = build_model(config)
+  m, loss_cfg, train = config.model, config.loss, config.train
+  anchors = jnp.asarray(anchors_lib.anchors_for(config))
+  level_shapes = anchors_lib.feature_sizes(image_hw(config), m.max_level)[m.min_level:]
+  num_anchors = m.num_scales * len(m.aspect_ratios)
+  base_rng = jax.random.PRNGKey(config.seed)
+
+  def loss_fn(params, batch_stats, batch, rng, segments):
+    (cls_outputs, box_outputs), updated = model.apply(
+        layout.variables(params, batch_stats), batch['image'], train=True,
+        mutable=['batch_stats'], rngs={'dropout': rng})
+    cls_targets, box_targets, num_positives = target_assigner.batch_targets(
+        anchors, batch['boxes'], batch['classes'], batch['image_valid'], level_shapes, num_anchors)
+    det = losses.detection_loss(
+        cls_outputs, box_outputs, cls_targets, box_targets, num_positives, m.num_classes,
+        alpha=loss_cfg.alpha, gamma=loss_cfg.gamma, delta=loss_cfg.delta,
+        box_loss_weight=loss_cfg.box_loss_weight, label_smoothing=loss_cfg.label_smoothing,
+        iou_loss_type=loss_cfg.iou_loss_type, iou_loss_weight=loss_cfg.iou_loss_weight,
+        anchors=anchors)
+    l2 = optim.l2_loss(params, layout.per_element(layout.tensor_l2, segments), train.weight_decay)
+    aux = {'det_loss': det['loss'], 'cls_loss': det['cls_loss'], 'box_loss': det['box_loss'],
+           'l2_loss': l2, 'num_positives': jnp.mean(num_positives),
+           'batch_stats': layout.flatten_stats(updated['batch_stats'])}
+    return det['loss'] + l2, aux
+
+  def train_step(state: TrainState, batch, segments) -> TrainState:
+    rng = jax.random.fold_in(base_rng, state.step)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, batch, rng, segments)
+    batch_stats = aux.pop('batch_stats')
+    if layout.frozen_tensors:
+      grads = grads * layout.per_element(layout.tensor_trainable, segments)
+    grad_norm = jnp.sqrt(jnp.sum(jnp.square(grads)))
+    if train.clip_gradients_norm > 0:
+      grads = optim.clip_gradients(grads, segments, layout.num_tensors, train.clip_gradients_norm)
+    learning_rate = schedule(state.step)
+    params, momentum = optim.sgd_momentum(state.params, state.momentum, grads, learning_rate,
+                                          train.momentum)
+    if train.ema_decay > 0:
+      decay = optim.ema_decay(train.ema_decay, state.step)
+      ema_params = optim.ema_update(state.ema_params, params, decay)
+      ema_batch_stats = optim.ema_update(state.ema_batch_stats, batch_stats, decay)
+    else:
+      ema_params, ema_batch_stats = params, batch_stats
+    # A non-finite step changes no weight: 'skip' goes on, 'stop' ends the run on the host.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    metrics = dict(aux, loss=loss, learning_rate=learning_rate, grad_norm=grad_norm)
+    fresh = state.step % train.log_every_steps == 0
+    sums = {k: jnp.where(fresh, 0.0, state.metric_sums[k]) + jnp.where(finite, metrics[k], 0.0)
+            for k in METRICS}
+    return state.replace(
+        step=state.step + 1, params=keep(params, state.params),
+        momentum=keep(momentum, state.momentum), batch_stats=keep(batch_stats, state.batch_stats),
+        ema_params=keep(ema_params, state.ema_params),
+        ema_batch_stats=keep(ema_batch_stats, state.ema_batch_stats),
+        metric_sums=sums,
+        metric_count=jnp.where(fresh, 0, state.metric_count) + finite.astype(jnp.int32),
+        first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
+                                       state.first_nonfinite_step),
+        skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+
+  return train_step

@@ -1,0 +1,214 @@
+"""Training end to end with the tiny model: exact across devices, hosts and preemption."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import tiny_train_config
+from effdet_jax import checkpoint
+from effdet_jax.metrics_writer import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, 'tests', 'tiny_train_config.py')
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope='session')
+def compile_cache(tmp_path_factory):
+  """Shared by the runs below: a resumed run reuses the first run's executables."""
+  return str(tmp_path_factory.mktemp('jax_cache'))
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory, compile_cache):
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = compile_cache
+  root = str(tmp_path_factory.mktemp('tiny_data'))
+  tiny_train_config.write_data(root)
+  return root
+
+
+def _env(devices):
+  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+              JAX_PLATFORMS='cpu', PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+
+
+def _command(data_root, workdir, *flags):
+  return [sys.executable, '-m', 'effdet_jax.main', '--config', f'{CONFIG}:{data_root}',
+          '--workdir', workdir, *flags]
+
+
+def _run(data_root, workdir, *flags, devices=1, check=True):
+  out = subprocess.run(_command(data_root, workdir, *flags), cwd=ROOT, env=_env(devices),
+                       capture_output=True, text=True, timeout=900)
+  if check:
+    assert out.returncode == 0, out.stderr[-4000:]
+  return out
+
+
+def _final_state(workdir):
+  ckpts = checkpoint.TrainCheckpoints(workdir, keep=3)
+  step = ckpts.latest_step()
+  state = ckpts.restore_on_one_device(step) if step is not None else None
+  ckpts.close()
+  return step, state
+
+
+def _losses(workdir):
+  return [(r['step'], r['loss'], r['cls_loss'], r['box_loss']) for r in read_metrics(workdir)]
+
+
+def _assert_same_run(workdir, reference, atol=1e-5):
+  step, state = _final_state(workdir)
+  ref_step, ref_state = _final_state(reference)
+  assert step == ref_step == 30
+  for key in ('params', 'ema_params', 'batch_stats'):
+    np.testing.assert_allclose(state[key], ref_state[key], atol=atol, rtol=0, err_msg=key)
+  # The momentum holds raw gradients, ~10x larger, so their summation-order noise is too.
+  np.testing.assert_allclose(state['momentum'], ref_state['momentum'], atol=10 * atol, rtol=0)
+  got, want = _losses(workdir), _losses(reference)
+  assert [g[0] for g in got] == [w[0] for w in want] == list(range(5, 31, 5))
+  np.testing.assert_allclose([g[1:] for g in got], [w[1:] for w in want], rtol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def reference(data_root, tmp_path_factory):
+  """The uninterrupted run: 1 process, 4 devices, 30 steps."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  _run(data_root, workdir, devices=4)
+  return workdir
+
+
+def test_run_writes_metrics_checkpoints_and_categories(reference):
+  rows = read_metrics(reference)
+  assert {'loss', 'cls_loss', 'box_loss', 'l2_loss', 'learning_rate', 'grad_norm',
+          'images_per_sec', 'step_time_s'} <= set(rows[-1])
+  assert rows[0]['learning_rate'] < rows[1]['learning_rate']    # warm-up, then decay
+  assert rows[-1]['learning_rate'] < rows[1]['learning_rate']
+  assert os.listdir(os.path.join(reference, 'tensorboard'))
+  categories = json.load(open(os.path.join(reference, 'categories.json')))
+  assert [c['name'] for c in categories][:2] == ['circle', 'square']
+  assert sorted(int(s) for s in os.listdir(os.path.join(reference, 'checkpoints'))
+                if s.isdigit()) == [20, 25, 30]                 # the last 3 kept
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_reproduce_one(data_root, reference, tmp_path):
+  workdir = str(tmp_path / 'two')
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _command(data_root, workdir, f'--coordinator_address=localhost:{port}', '--num_processes=2',
+               f'--process_id={i}', '--cpu_collectives=gloo'),
+      cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  errors = [p.communicate(timeout=900)[1] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+  _assert_same_run(workdir, reference)
+
+
+def _start_and_wait_for_checkpoint(data_root, workdir, devices):
+  proc = subprocess.Popen(_command(data_root, workdir), cwd=ROOT, env=_env(devices),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  first = os.path.join(workdir, 'checkpoints', '5')
+  deadline = time.time() + 600
+  while not os.path.isdir(first) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  return proc
+
+
+def test_sigkill_after_a_checkpoint_then_resume_is_exact(data_root, reference, tmp_path):
+  workdir = str(tmp_path / 'killed')
+  proc = _start_and_wait_for_checkpoint(data_root, workdir, devices=4)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  killed_at, _ = _final_state(workdir)
+  assert killed_at is not None and killed_at < 30, 'the run ended before it could be killed'
+  _run(data_root, workdir, devices=4)
+  _assert_same_run(workdir, reference)
+
+
+def test_sigterm_saves_exits_and_resumes_on_other_devices(data_root, reference, tmp_path):
+  workdir = str(tmp_path / 'terminated')
+  proc = _start_and_wait_for_checkpoint(data_root, workdir, devices=4)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  stopped_at, _ = _final_state(workdir)
+  assert stopped_at < 30 and 'preemption' in err
+  # Written on 4 devices, resumed on 2: sync BN makes the result device-count free.
+  _run(data_root, workdir, devices=2)
+  _assert_same_run(workdir, reference, atol=2e-5)
+
+
+def test_loss_falls_over_a_few_hundred_steps(data_root, tmp_path):
+  workdir = str(tmp_path / 'long')
+  _run(data_root, workdir, '--config.train.num_steps=300', '--config.train.warmup_steps=20',
+       '--config.train.learning_rate=0.1',
+       '--config.train.log_every_steps=50', '--config.train.checkpoint_every_steps=300')
+  losses = [r['loss'] for r in read_metrics(workdir)]
+  assert len(losses) == 6
+  assert losses[-1] < 0.75 * losses[0], losses
+
+
+def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(data_root, tmp_path):
+  flags = ['--config.train.learning_rate=1e30', '--config.train.clip_gradients_norm=0',
+           '--config.train.num_steps=10', '--config.train.warmup_steps=1']
+  out = _run(data_root, str(tmp_path / 'stop'), *flags, check=False)
+  assert out.returncode != 0 and 'was not finite at step' in out.stderr
+  workdir = str(tmp_path / 'skip')
+  _run(data_root, workdir, *flags, '--config.train.on_nonfinite=skip')
+  assert read_metrics(workdir)[-1]['skipped_steps'] > 0
+  shutil.rmtree(workdir)
+
+
+ONE_STEP = '''
+import sys, jax, numpy as np
+sys.path.insert(0, 'tests')
+import tiny_train_config
+from effdet_jax import convert, optim, parallel
+from effdet_jax.data import input_pipeline
+from effdet_jax.train_step import create_state, make_train_step
+
+config = tiny_train_config.get_config(sys.argv[1])
+config.train.global_batch_size = 8
+batch = next(input_pipeline.train_data(config, process_index=0, process_count=1)
+             .dataset.as_numpy_iterator())
+variables = convert.init_variables(config, jax.random.PRNGKey(0))
+layout = optim.ParamLayout(jax.eval_shape(lambda: variables))
+schedule = optim.learning_rate_schedule(0.1, 0.01, 1, 10)
+step = make_train_step(config, layout, schedule)
+results = []
+for devices in (jax.devices()[:1], jax.devices()):
+  mesh = parallel.create_mesh(devices=devices)
+  rep = parallel.replicated(mesh)
+  state = jax.jit(lambda v: create_state(v, layout), out_shardings=rep)(parallel.replicate(variables, mesh))
+  device_batch = parallel.to_global({k: batch[k] for k in input_pipeline.TRAIN_DEVICE_KEYS},
+                                    parallel.batch_sharding(mesh))
+  fn = jax.jit(step, out_shardings=rep)
+  state = fn(state, device_batch, parallel.replicate(layout.segment_ids(), mesh))
+  results.append(jax.device_get(state))
+one, eight = results
+for key in ('params', 'batch_stats', 'momentum', 'ema_params'):
+  diff = float(np.abs(getattr(one, key) - getattr(eight, key)).max())
+  assert diff < 1e-5, (key, diff)
+assert float(np.abs(one.params - jax.device_get(layout.flatten(variables)[0])).max()) > 1e-4
+print('max param diff', float(np.abs(one.params - eight.params).max()))
+'''
+
+
+def test_one_step_on_eight_devices_equals_one_device(data_root):
+  out = subprocess.run([sys.executable, '-c', ONE_STEP, data_root], cwd=ROOT, env=_env(8),
+                       capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert 'max param diff' in out.stdout
