@@ -61,7 +61,9 @@ class TrainCheckpoints:
   directory by an atomic rename)."""
 
   def __init__(self, workdir: str, keep: int):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    if '://' not in workdir:
+      workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(workdir, 'checkpoints')
     self.manager = ocp.CheckpointManager(
         self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,

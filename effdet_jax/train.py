@@ -17,8 +17,9 @@ from typing import Dict, Optional
 import jax
 import ml_collections
 from jax.experimental import multihost_utils
+import tensorflow as tf
 
-from effdet_jax import checkpoint, optim, parallel
+from effdet_jax import checkpoint, convert, optim, parallel
 from effdet_jax.data import categories as categories_lib, input_pipeline
 from effdet_jax.metrics_writer import MetricsWriter
 from effdet_jax.train_step import METRICS, TrainState, create_state, make_train_step
@@ -38,7 +39,6 @@ class TrainResult:
 
 def initial_variables(config: ml_collections.ConfigDict):
   """Random weights, or `train.init_checkpoint` (official or converted; backbone only if asked)."""
-  from effdet_jax import convert  # pylint: disable=g-import-not-at-top
   path = config.train.init_checkpoint
   if not path:
     return convert.init_variables(config, jax.random.PRNGKey(config.seed))
@@ -101,7 +101,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                                           warmup_steps, total_steps)
 
   ckpts = checkpoint.TrainCheckpoints(workdir, config.train.keep_checkpoints)
-  from effdet_jax import convert  # pylint: disable=g-import-not-at-top
   abstract_vars = convert.abstract_variables(config)
   layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
   abstract_state = checkpoint.abstract_like(
@@ -117,9 +116,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   data = input_pipeline.train_data(config, start_step=start, source=source)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    tf.io.gfile.makedirs(workdir)
     data.categories.save(os.path.join(workdir, categories_lib.FILENAME))
-    with open(os.path.join(workdir, checkpoint.CONFIG_FILE), 'w') as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, checkpoint.CONFIG_FILE), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
   logging.info('%d steps of %d images (%d examples per epoch, warm-up %d steps) on %d devices '
                'in %d processes, from step %d', total_steps, config.train.global_batch_size,

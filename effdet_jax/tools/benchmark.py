@@ -14,7 +14,9 @@ Modes:
          generated COCO-JSON set of COCO-sized (640 px) JPEGs written there;
          `--threads` caps tf.data's threads. Also times the on-device anchor
          assignment of one of its batches (the train step does it).
-Training mode is added with the train step.
+  train  the full jitted train step (forward, on-device anchor targets, loss,
+         backward, clipping, SGD, EMA) on a device-resident batch of random
+         images with 8 random boxes each, state donated as in training.
 """
 import json
 import os
@@ -31,7 +33,7 @@ from effdet_jax.convert import init_variables
 from effdet_jax.models import build_model, image_hw, inference, layers
 
 FLAGS = flags.FLAGS
-MODES = ('infer', 'postprocess', 'input')
+MODES = ('infer', 'postprocess', 'input', 'train')
 
 
 def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
@@ -114,6 +116,44 @@ def benchmark_input(config, batch_size: int, repeats: int, warmup: int, threads:
           'peak_host_memory_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
+def benchmark_train(config, batch_size: int, repeats: int, warmup: int):
+  from effdet_jax import optim  # pylint: disable=g-import-not-at-top
+  from effdet_jax.train_step import create_state, make_train_step  # pylint: disable=g-import-not-at-top
+  variables = init_variables(config, jax.random.PRNGKey(0))
+  layout = optim.ParamLayout(jax.eval_shape(lambda: variables))
+  schedule = optim.learning_rate_schedule(0.1, 0.01, 10, 1000)
+  step = jax.jit(make_train_step(config, layout, schedule), donate_argnums=0)
+  height, width = image_hw(config)
+  m = config.data.max_instances_per_image
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  corner = jax.random.uniform(keys[1], (batch_size, m, 2), maxval=0.7) * jnp.array([height, width])
+  size = jax.random.uniform(keys[2], (batch_size, m, 2), minval=0.05, maxval=0.3) * jnp.array([height, width])
+  batch = {'image': jax.random.normal(keys[0], (batch_size, height, width, 3)).astype(config.model.dtype),
+           'boxes': jnp.concatenate([corner, corner + size], axis=-1),
+           'classes': jnp.where(jnp.arange(m) < 8, 1, -1) * jnp.ones((batch_size, 1), jnp.int32),
+           'image_valid': jnp.ones((batch_size,), bool)}
+  segments = jnp.asarray(layout.segment_ids())
+  state = create_state(variables, layout)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch, segments).compile()
+  compile_s = time.perf_counter() - start
+  for _ in range(warmup):
+    state = compiled(state, batch, segments)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    state = jax.block_until_ready(compiled(state, batch, segments))
+    times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  return {'mode': 'train', 'model': config.model.name, 'batch_size': batch_size,
+          'image_size': [height, width], 'precision': config.model.dtype,
+          'images_per_sec': round(batch_size / median, 3), 'step_ms_median': round(median * 1e3, 2),
+          'step_ms_min': round(min(times) * 1e3, 2), 'compile_s': round(compile_s, 2),
+          'backend': jax.default_backend(),
+          'peak_host_memory_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 def _time(fn, args, batch_size: int, repeats: int, warmup: int):
   start = time.perf_counter()
   compiled = fn.lower(*args).compile()
@@ -150,7 +190,10 @@ def main(argv):
     if FLAGS.json:
       print(json.dumps(result))
     return
-  if FLAGS.mode == 'infer':
+  if FLAGS.mode == 'train':
+    result = benchmark_train(config, FLAGS.batch_size, FLAGS.repeats, FLAGS.warmup)
+    what = f"{result['precision']} full train step"
+  elif FLAGS.mode == 'infer':
     result = benchmark_infer(config, FLAGS.batch_size, FLAGS.repeats, FLAGS.warmup)
     what = f"{result['precision']} ({result['conv_impl']} convs)"
   else:
