@@ -152,6 +152,16 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 0     # 0: only at the end (train_and_eval)
   config.model_parallelism = 1          # size of the mesh's `model` axis
 
+  config.eval = ml_collections.ConfigDict()
+  config.eval.split = 'val'             # a split of config.data
+  config.eval.global_batch_size = 8     # a multiple of the device count
+  # COCO annotation file to score against; '' = data.<split>.annotations for
+  # coco_json, else ground truth built from the dataset (at most
+  # max_instances_per_image boxes per image).
+  config.eval.annotations = ''
+  config.eval.num_images_to_draw = 4    # validation images with boxes, to TensorBoard
+  config.eval.draw_min_score = 0.3
+
   config.postprocess = ml_collections.ConfigDict()
   config.postprocess.nms_method = 'gaussian'   # 'gaussian' (soft-NMS) | 'hard'
   config.postprocess.iou_threshold = 0.5        # hard NMS

@@ -36,7 +36,11 @@ def restore_variables(directory: str, config: ml_collections.ConfigDict):
   if not os.path.isdir(target):
     raise FileNotFoundError(f'{directory!r} has no {VARIABLES_DIR}/: not written by '
                             f'effdet_jax.convert (save_variables)')
-  abstract = abstract_variables(config)
+  # Onto this process's first device: every process of a multi-host run reads
+  # the whole (replicated) variables for itself.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                          abstract_variables(config))
   try:
     return ocp.StandardCheckpointer().restore(target, abstract)
   except (ValueError, KeyError) as e:

@@ -6,13 +6,14 @@ clusters, several processes on one machine) pass `--coordinator_address`,
 `--num_processes` and `--process_id`.
 """
 import logging as py_logging
+import os
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-MODES = ('train',)
+MODES = ('train', 'eval', 'train_and_eval')
 
 
 def initialize_distributed():
@@ -25,7 +26,6 @@ def initialize_distributed():
 
 
 def _on_tpu_pod() -> bool:
-  import os  # pylint: disable=g-import-not-at-top
   # Set on every worker of a multi-host TPU VM slice.
   return len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1
 
@@ -44,23 +44,32 @@ def main(argv):
   # TF is only the input pipeline here: keep it off any accelerator.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
-  from effdet_jax import train  # pylint: disable=g-import-not-at-top
+  from effdet_jax import evaluate, train  # pylint: disable=g-import-not-at-top
   logging.info('process %d of %d, %d local / %d global devices (%s)', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.default_backend())
-  if FLAGS.mode == 'train':
-    result = train.train(FLAGS.config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step or None)
-    if result.preempted:
-      logging.info('stopped at step %d by preemption; checkpoint saved', result.step)
-    else:
-      logging.info('done: step %d of %d; checkpoints in %s/checkpoints', result.step,
-                   result.total_steps, FLAGS.workdir)
+  if FLAGS.mode == 'eval':
+    evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+    return
+  if FLAGS.checkpoint:
+    raise app.UsageError('--checkpoint is for --mode eval; to start training from a checkpoint '
+                         'set --config.train.init_checkpoint')
+  result = train.train(FLAGS.config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step or None,
+                       with_eval=FLAGS.mode == 'train_and_eval')
+  if result.preempted:
+    logging.info('stopped at step %d by preemption; checkpoint saved', result.step)
+  else:
+    logging.info('done: step %d of %d; checkpoints in %s/checkpoints', result.step,
+                 result.total_steps, FLAGS.workdir)
 
 
 if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0', lock_config=True)
   flags.DEFINE_string('workdir', None, 'checkpoints, metrics.jsonl, TensorBoard (may be gs://)')
-  flags.DEFINE_enum('mode', 'train', MODES, 'what to run (evaluation comes with the evaluation issue)')
+  flags.DEFINE_enum('mode', 'train', MODES, 'train; eval (one checkpoint, COCO mAP); or '
+                    'train_and_eval (every config.train.eval_every_steps and at the end)')
+  flags.DEFINE_string('checkpoint', '', '--mode eval: a training workdir or step directory, a '
+                      'converted or an official checkpoint (default: the latest in --workdir)')
   flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (not needed on TPU pods)')
   flags.DEFINE_integer('num_processes', 1, 'with --coordinator_address')
   flags.DEFINE_integer('process_id', 0, 'with --coordinator_address')

@@ -2,14 +2,16 @@
 
 Only process 0 writes. A resumed run keeps the lines up to the checkpoint it
 resumed from and drops the later ones (logged by the run that was interrupted),
-so the file reads as one uninterrupted run. The file is rewritten whole at each
+so the file reads as one uninterrupted run (an evaluation-only run keeps every
+line). The file is rewritten whole at each
 write: GCS objects cannot be appended to.
 """
 import json
 import os
-from typing import Dict
+from typing import Dict, Optional, Sequence
 
 import jax
+import numpy as np
 import tensorflow as tf
 
 METRICS_FILE = 'metrics.jsonl'
@@ -25,13 +27,14 @@ def read_metrics(workdir: str):
 
 class MetricsWriter:
 
-  def __init__(self, workdir: str, resume_step: int = 0):
+  def __init__(self, workdir: str, resume_step: Optional[int] = 0):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, METRICS_FILE)
     if not self.enabled:
       return
     tf.io.gfile.makedirs(workdir)
-    self.lines = [json.dumps(r) + '\n' for r in read_metrics(workdir) if r.get('step', 0) <= resume_step]
+    self.lines = [json.dumps(r) + '\n' for r in read_metrics(workdir)
+                  if resume_step is None or r.get('step', 0) <= resume_step]
     self._flush()
     self.summary = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
 
@@ -45,6 +48,15 @@ class MetricsWriter:
       for key, value in scalars.items():
         if isinstance(value, (int, float)):
           tf.summary.scalar(prefix + key, value)
+    self.summary.flush()
+
+  def images(self, step: int, name: str, images: Sequence[np.ndarray]) -> None:
+    """uint8 RGB images of any sizes, to TensorBoard as `name/0`, `name/1`, ..."""
+    if not self.enabled or not images:
+      return
+    with self.summary.as_default(step=int(step)):
+      for i, image in enumerate(images):
+        tf.summary.image(f'{name}/{i}', np.asarray(image, np.uint8)[None])
     self.summary.flush()
 
   def _flush(self) -> None:

@@ -61,7 +61,8 @@ class ParamLayout:
     zeros = lambda tree: jax.tree.map(lambda s: np.zeros(s.shape, np.float32), tree)
     params = zeros(abstract_variables['params'])
     _, self._unravel_params = ravel_pytree(params)
-    _, self._unravel_stats = ravel_pytree(zeros(abstract_variables.get('batch_stats', {})))
+    stats, self._unravel_stats = ravel_pytree(zeros(abstract_variables.get('batch_stats', {})))
+    self.num_stats = int(stats.size)
     flat = traverse_util.flatten_dict(params)
     paths = ['/'.join(k) for k in flat]
     # ravel_pytree orders leaves as jax.tree.leaves does; flatten_dict sorts keys the same way.

@@ -19,7 +19,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 import tensorflow as tf
 
-from effdet_jax import checkpoint, convert, optim, parallel
+from effdet_jax import checkpoint, convert, evaluate, optim, parallel
 from effdet_jax.data import categories as categories_lib, input_pipeline
 from effdet_jax.metrics_writer import MetricsWriter
 from effdet_jax.train_step import METRICS, TrainState, create_state, make_train_step
@@ -35,6 +35,7 @@ class TrainResult:
   step: int
   total_steps: int
   preempted: bool
+  eval_metrics: Dict[str, float]   # the last evaluation's (process 0; {} if none ran)
 
 
 def initial_variables(config: ml_collections.ConfigDict):
@@ -84,10 +85,11 @@ def _format_eta(seconds: float) -> str:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
-          stop_at_step: Optional[int] = None) -> TrainResult:
+          stop_at_step: Optional[int] = None, with_eval: bool = False) -> TrainResult:
   """Train until `train.num_steps` (or epochs), resuming from `workdir` if it has a checkpoint.
 
   `stop_at_step` ends this run early (saving a checkpoint) without changing the schedule.
+  `with_eval` evaluates the EMA weights every `train.eval_every_steps` and at the end.
   """
   mesh = parallel.create_mesh(config.model_parallelism)
   parallel.check_global_batch(config.train.global_batch_size, mesh)
@@ -129,6 +131,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                     in_shardings=(replicated, batch_shardings, replicated),
                     out_shardings=replicated, donate_argnums=0)
   segments = parallel.replicate(layout.segment_ids(), mesh)
+  evaluator = evaluate.Evaluator(config, mesh) if with_eval else None
+  eval_metrics = {}
   writer = MetricsWriter(workdir, resume_step=start)
   preemption = _Preemption()
   end = min(total_steps, stop_at_step) if stop_at_step else total_steps
@@ -161,6 +165,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         last_time, last_step = now, step
       if save_now:
         ckpts.save(step, state)
+      if evaluator and not preempted and (
+          step == end or (t.eval_every_steps and step % t.eval_every_steps == 0)):
+        result = evaluator(evaluate.ema_variables(state, layout, mesh))
+        evaluate.write(result, step, workdir, writer)
+        eval_metrics = result.metrics
       if preempted:
         logging.warning('preemption: saved step %d, exiting; run again with the same workdir '
                         'to resume', step)
@@ -170,7 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     ckpts.close()
     writer.close()
     preemption.close()
-  return TrainResult(state, step, total_steps, preempted)
+  return TrainResult(state, step, total_steps, preempted, eval_metrics)
 
 
 def _check_finite(state: TrainState, policy: str):

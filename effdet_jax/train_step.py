@@ -36,6 +36,16 @@ class TrainState:
   skipped_steps: jnp.ndarray
 
 
+def batch_spec(config: ml_collections.ConfigDict, batch_size: int) -> Dict[str, jax.ShapeDtypeStruct]:
+  """The device batch the step takes (what `input_pipeline.train_data` yields)."""
+  height, width = image_hw(config)
+  m = config.data.max_instances_per_image
+  return {'image': jax.ShapeDtypeStruct((batch_size, height, width, 3), jnp.dtype(config.model.dtype)),
+          'boxes': jax.ShapeDtypeStruct((batch_size, m, 4), jnp.float32),
+          'classes': jax.ShapeDtypeStruct((batch_size, m), jnp.int32),
+          'image_valid': jax.ShapeDtypeStruct((batch_size,), jnp.bool_)}
+
+
 def create_state(variables, layout: optim.ParamLayout) -> TrainState:
   params, batch_stats = layout.flatten(variables)
   return TrainState(

@@ -34,9 +34,14 @@ def test_unreadable_image_is_named(tmp_path):
   bad.write_bytes(b'not an image')
   with pytest.raises(ValueError, match='broken.jpg'):
     predict.load_image(str(bad))
+  with pytest.raises(ValueError, match='absent.png'):
+    predict.load_image(str(tmp_path / 'absent.png'))
   gray = tmp_path / 'gray.png'
   Image.fromarray(np.zeros((5, 7), np.uint8)).save(gray)
   assert predict.load_image(str(gray)).shape == (5, 7, 3)
+  tiff = tmp_path / 'image.tiff'     # not a TF format: PIL reads it
+  Image.fromarray(np.full((4, 6, 3), 9, np.uint8)).save(tiff)
+  np.testing.assert_array_equal(predict.load_image(str(tiff)), 9)
 
 
 def test_predict_tool_reproduces_official_detections(tmp_path):

@@ -3,19 +3,19 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
-import tiny_train_config
-from effdet_jax import checkpoint
+from effdet_jax import checkpoint, convert, optim
 from effdet_jax.metrics_writer import read_metrics
+from processes import ROOT, env, free_port
+import tiny_train_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'tests', 'tiny_train_config.py')
 pytestmark = pytest.mark.slow
 
@@ -34,18 +34,13 @@ def data_root(tmp_path_factory, compile_cache):
   return root
 
 
-def _env(devices):
-  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-              JAX_PLATFORMS='cpu', PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-
-
 def _command(data_root, workdir, *flags):
   return [sys.executable, '-m', 'effdet_jax.main', '--config', f'{CONFIG}:{data_root}',
           '--workdir', workdir, *flags]
 
 
 def _run(data_root, workdir, *flags, devices=1, check=True):
-  out = subprocess.run(_command(data_root, workdir, *flags), cwd=ROOT, env=_env(devices),
+  out = subprocess.run(_command(data_root, workdir, *flags), cwd=ROOT, env=env(devices),
                        capture_output=True, text=True, timeout=900)
   if check:
     assert out.returncode == 0, out.stderr[-4000:]
@@ -98,19 +93,13 @@ def test_run_writes_metrics_checkpoints_and_categories(reference):
                 if s.isdigit()) == [20, 25, 30]                 # the last 3 kept
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_reproduce_one(data_root, reference, tmp_path):
   workdir = str(tmp_path / 'two')
-  port = _free_port()
+  port = free_port()
   procs = [subprocess.Popen(
       _command(data_root, workdir, f'--coordinator_address=localhost:{port}', '--num_processes=2',
                f'--process_id={i}', '--cpu_collectives=gloo'),
-      cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, env=env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   errors = [p.communicate(timeout=900)[1] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
@@ -118,7 +107,7 @@ def test_two_processes_reproduce_one(data_root, reference, tmp_path):
 
 
 def _start_and_wait_for_checkpoint(data_root, workdir, devices):
-  proc = subprocess.Popen(_command(data_root, workdir), cwd=ROOT, env=_env(devices),
+  proc = subprocess.Popen(_command(data_root, workdir), cwd=ROOT, env=env(devices),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   first = os.path.join(workdir, 'checkpoints', '5')
   deadline = time.time() + 600
@@ -159,6 +148,28 @@ def test_loss_falls_over_a_few_hundred_steps(data_root, tmp_path):
   losses = [r['loss'] for r in read_metrics(workdir)]
   assert len(losses) == 6
   assert losses[-1] < 0.75 * losses[0], losses
+
+
+def test_fine_tune_from_a_checkpoint_with_a_frozen_backbone(data_root, tmp_path):
+  config = tiny_train_config.get_config(data_root)
+  variables = convert.init_variables(config, jax.random.PRNGKey(7))   # not config.seed's init
+  init_dir = str(tmp_path / 'init')
+  checkpoint.save_variables(init_dir, variables, config)
+  workdir = str(tmp_path / 'fine_tune')
+  _run(data_root, workdir, f'--config.train.init_checkpoint={init_dir}',
+       '--config.train.freeze_regex=^backbone/', '--config.train.num_steps=5')
+  step, state = _final_state(workdir)
+  assert step == 5
+  layout = optim.ParamLayout(convert.abstract_variables(config), '^backbone/')
+  initial = np.asarray(layout.flatten(variables)[0])
+  frozen = np.asarray(layout.per_element(1 - layout.tensor_trainable, layout.segment_ids())) > 0
+  assert 0 < frozen.sum() < frozen.size
+  np.testing.assert_array_equal(state['params'][frozen], initial[frozen])
+  moved = np.abs(state['params'][~frozen] - initial[~frozen])
+  assert moved.max() > 0
+  # Started from the checkpoint: 5 small steps stay far closer to it than another init is.
+  assert moved.mean() < 0.1 * np.abs(initial - np.asarray(
+      layout.flatten(convert.init_variables(config, jax.random.PRNGKey(0)))[0])).mean()
 
 
 def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(data_root, tmp_path):
@@ -208,7 +219,7 @@ print('max param diff', float(np.abs(one.params - eight.params).max()))
 
 
 def test_one_step_on_eight_devices_equals_one_device(data_root):
-  out = subprocess.run([sys.executable, '-c', ONE_STEP, data_root], cwd=ROOT, env=_env(8),
+  out = subprocess.run([sys.executable, '-c', ONE_STEP, data_root], cwd=ROOT, env=env(8),
                        capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-4000:]
   assert 'max param diff' in out.stdout

@@ -118,17 +118,18 @@ def benchmark_input(config, batch_size: int, repeats: int, warmup: int, threads:
 
 def benchmark_train(config, batch_size: int, repeats: int, warmup: int):
   from effdet_jax import optim  # pylint: disable=g-import-not-at-top
-  from effdet_jax.train_step import create_state, make_train_step  # pylint: disable=g-import-not-at-top
+  from effdet_jax.train_step import batch_spec, create_state, make_train_step  # pylint: disable=g-import-not-at-top
   variables = init_variables(config, jax.random.PRNGKey(0))
   layout = optim.ParamLayout(jax.eval_shape(lambda: variables))
   schedule = optim.learning_rate_schedule(0.1, 0.01, 10, 1000)
   step = jax.jit(make_train_step(config, layout, schedule), donate_argnums=0)
-  height, width = image_hw(config)
-  m = config.data.max_instances_per_image
+  spec = batch_spec(config, batch_size)
+  height, width = spec['image'].shape[1:3]
+  m = spec['boxes'].shape[1]
   keys = jax.random.split(jax.random.PRNGKey(1), 3)
   corner = jax.random.uniform(keys[1], (batch_size, m, 2), maxval=0.7) * jnp.array([height, width])
   size = jax.random.uniform(keys[2], (batch_size, m, 2), minval=0.05, maxval=0.3) * jnp.array([height, width])
-  batch = {'image': jax.random.normal(keys[0], (batch_size, height, width, 3)).astype(config.model.dtype),
+  batch = {'image': jax.random.normal(keys[0], spec['image'].shape).astype(spec['image'].dtype),
            'boxes': jnp.concatenate([corner, corner + size], axis=-1),
            'classes': jnp.where(jnp.arange(m) < 8, 1, -1) * jnp.ones((batch_size, 1), jnp.int32),
            'image_valid': jnp.ones((batch_size,), bool)}

@@ -15,12 +15,11 @@ import time
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
+import numpy as np
 from ml_collections import config_flags
 
 from effdet_jax import convert, optim
-from effdet_jax.models import image_hw
-from effdet_jax.train_step import create_state, make_train_step
+from effdet_jax.train_step import batch_spec, create_state, make_train_step
 
 FLAGS = flags.FLAGS
 GIB = 2**30
@@ -30,14 +29,8 @@ def train_step_memory(config, per_device_batch: int):
   abstract_vars = convert.abstract_variables(config)
   layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
   state = jax.eval_shape(lambda v: create_state(v, layout), abstract_vars)
-  height, width = image_hw(config)
-  m = config.data.max_instances_per_image
-  dtype = jnp.bfloat16 if config.model.dtype == 'bfloat16' else jnp.float32
-  batch = {'image': jax.ShapeDtypeStruct((per_device_batch, height, width, 3), dtype),
-           'boxes': jax.ShapeDtypeStruct((per_device_batch, m, 4), jnp.float32),
-           'classes': jax.ShapeDtypeStruct((per_device_batch, m), jnp.int32),
-           'image_valid': jax.ShapeDtypeStruct((per_device_batch,), jnp.bool_)}
-  segments = jax.ShapeDtypeStruct((layout.num_params,), jnp.int32)
+  batch = batch_spec(config, per_device_batch)
+  segments = jax.ShapeDtypeStruct((layout.num_params,), np.int32)
   schedule = optim.learning_rate_schedule(0.1, 0.01, 1, 10)
   start = time.perf_counter()
   compiled = jax.jit(make_train_step(config, layout, schedule), donate_argnums=0).lower(
@@ -47,7 +40,7 @@ def train_step_memory(config, per_device_batch: int):
   arguments = analysis.argument_size_in_bytes
   temporaries = analysis.temp_size_in_bytes
   return {'model': config.model.name, 'per_device_batch': per_device_batch,
-          'image_size': [height, width], 'precision': config.model.dtype, 'remat': config.model.remat,
+          'image_size': list(batch['image'].shape[1:3]), 'precision': config.model.dtype, 'remat': config.model.remat,
           'parameters': layout.num_params, 'arguments_gib': round(arguments / GIB, 3),
           'temporaries_gib': round(temporaries / GIB, 3),
           'output_gib': round(analysis.output_size_in_bytes / GIB, 3),

@@ -15,17 +15,30 @@ from typing import List, Optional, Sequence
 from absl import app, flags, logging
 import ml_collections
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from effdet_jax import checkpoint
 from effdet_jax.coco_labels import label_name
 from effdet_jax.detector import Detector
+from effdet_jax.visualize import count_drawn, draw_boxes
 
 FLAGS = flags.FLAGS
 
 
 def load_image(path: str) -> np.ndarray:
-  """RGB uint8 from any format PIL reads (grayscale, RGBA, CMYK, palette converted)."""
+  """RGB uint8. Decoded by TF as the training and evaluation input pipelines
+  decode (JPEG decoders differ by a few levels, which would move detections),
+  by PIL for the formats TF does not read (TIFF, ...)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      data = f.read()
+  except tf.errors.OpError as e:
+    raise ValueError(f'cannot read image {path!r}: {e.message}') from e
+  try:
+    return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+  except (tf.errors.InvalidArgumentError, ValueError):
+    pass
   try:
     with Image.open(path) as image:
       return np.asarray(image.convert('RGB'))
@@ -45,35 +58,6 @@ def to_entries(paths: Sequence[str], images: Sequence[np.ndarray], results) -> L
   return entries
 
 
-_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
-
-
-def draw(image: np.ndarray, entry: dict, min_score: float, path: str) -> int:
-  """Boxes with `label score` tags; returns how many were drawn."""
-  canvas = Image.fromarray(image)
-  pen = ImageDraw.Draw(canvas)
-  size = max(image.shape[:2])
-  line = max(2, size // 250)
-  font = ImageFont.load_default(size=max(12, size // 40))
-  drawn = 0
-  for det in sorted(entry['detections'], key=lambda d: d['score']):
-    if det['score'] < min_score:
-      continue
-    ymin, xmin, ymax, xmax = det['box']
-    color = _PALETTE[det['category_id'] % len(_PALETTE)]
-    pen.rectangle([xmin, ymin, xmax, ymax], outline=color, width=line)
-    text = f"{det['label']} {det['score']:.2f}"
-    left, top, right, bottom = pen.textbbox((xmin, ymin), text, font=font)
-    top_y = ymin - (bottom - top) - 2 * line if ymin - (bottom - top) - 2 * line >= 0 else ymin
-    pen.rectangle([xmin, top_y, xmin + (right - left) + 2 * line, top_y + (bottom - top) + 2 * line],
-                  fill=color)
-    pen.text((xmin + line, top_y + line - (top - ymin)), text, fill=(0, 0, 0), font=font)
-    drawn += 1
-  canvas.save(path)
-  return drawn
-
-
 def predict(config: ml_collections.ConfigDict, checkpoint_path: str, image_paths: Sequence[str],
             output: str, draw_dir: Optional[str] = None, draw_min_score: float = 0.3,
             per_class: Optional[bool] = None, batch_size: int = 1) -> List[dict]:
@@ -88,7 +72,8 @@ def predict(config: ml_collections.ConfigDict, checkpoint_path: str, image_paths
     os.makedirs(draw_dir, exist_ok=True)
     for path, image, entry in zip(image_paths, images, entries):
       target = os.path.join(draw_dir, os.path.splitext(os.path.basename(path))[0] + '.png')
-      count = draw(image, entry, draw_min_score, target)
+      Image.fromarray(draw_boxes(image, entry['detections'], draw_min_score)).save(target)
+      count = count_drawn(entry['detections'], draw_min_score)
       logging.info('%s: drew %d of %d detections (score >= %g)', target, count,
                    len(entry['detections']), draw_min_score)
   return entries
