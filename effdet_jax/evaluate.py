@@ -97,7 +97,8 @@ class EvalResult:
   results: List[Dict]            # COCO results format, dataset category ids
   num_images: int
   images_skipped: int            # unreadable images, left out of the score
-  seconds: float
+  seconds: float                 # reading, network, gathering and scoring; not compiling
+  compile_seconds: float         # 0 after the first call
   samples: List[np.ndarray]      # validation images with ground truth and detections drawn
 
 
@@ -133,6 +134,7 @@ class Evaluator:
       return detections._asdict(), batch
 
     self._step = jax.jit(step, out_shardings=parallel.replicated(mesh))
+    self._compiled = None
 
   def _device_batch(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     image_id = batch['image_id'].astype(np.int64)
@@ -150,11 +152,15 @@ class Evaluator:
 
   def __call__(self, variables) -> EvalResult:
     """`variables` (`{'params', 'batch_stats'}`, replicated over the mesh) -> the COCO numbers."""
-    start = time.time()
+    start, compile_seconds = time.time(), 0.0
     outputs, to_draw = [], []
     for batch in self.data.dataset.as_numpy_iterator():
-      outputs.append(self._step(variables, parallel.to_global(self._device_batch(batch),
-                                                               self._sharding)))
+      inputs = parallel.to_global(self._device_batch(batch), self._sharding)
+      if self._compiled is None:
+        compiling = time.time()
+        self._compiled = self._step.lower(variables, inputs).compile()
+        compile_seconds = time.time() - compiling
+      outputs.append(self._compiled(variables, inputs))
       if jax.process_index() == 0:
         to_draw.extend(self._keep_for_drawing(batch, self.config.eval.num_images_to_draw
                                               - len(to_draw)))
@@ -162,9 +168,9 @@ class Evaluator:
     valid = fields['image_valid']
     num_images = int(valid.sum())
     images_skipped = int((~valid & (fields['images_skipped'].sum(axis=1) > 0)).sum())
-    seconds = time.time() - start
+    seconds = time.time() - start - compile_seconds
     if jax.process_index() != 0:
-      return EvalResult({}, [], num_images, images_skipped, seconds, [])
+      return EvalResult({}, [], num_images, images_skipped, seconds, compile_seconds, [])
     image_ids = (fields['image_id_high'].astype(np.int64) << _ID_BITS) | fields['image_id_low']
     ids, counts = np.unique(image_ids[valid], return_counts=True)
     if np.any(counts > 1):
@@ -181,7 +187,8 @@ class Evaluator:
     by_id = dict(zip(image_ids.tolist(), range(len(image_ids))))
     samples = [self._draw(image, gt_boxes, scale, detections, by_id[image_id])
                for image, image_id, gt_boxes, scale in to_draw]
-    return EvalResult(metrics, results, num_images, images_skipped, time.time() - start, samples)
+    return EvalResult(metrics, results, num_images, images_skipped,
+                      time.time() - start - compile_seconds, compile_seconds, samples)
 
   def _results(self, detections, image_ids, valid) -> List[Dict]:
     rows, cols = np.nonzero(valid[:, None] & (np.arange(detections['scores'].shape[1])
@@ -242,9 +249,10 @@ class Evaluator:
 def write(result: EvalResult, step: int, workdir: str, writer: MetricsWriter) -> None:
   """Metrics to metrics.jsonl and TensorBoard, detections to `eval/detections_<step>.json`."""
   logging.info('evaluation at step %d: %s over %d images (%d unreadable, left out) in %.1f s '
-               '(%.1f images/s)', step, ' '.join(f'{k} {v:.4f}' for k, v in result.metrics.items()),
-               result.num_images, result.images_skipped, result.seconds,
-               result.num_images / max(result.seconds, 1e-9))
+               '(%.1f images/s; compiling %.1f s)', step,
+               ' '.join(f'{k} {v:.4f}' for k, v in result.metrics.items()), result.num_images,
+               result.images_skipped, result.seconds, result.num_images / max(result.seconds, 1e-9),
+               result.compile_seconds)
   if jax.process_index() != 0:
     return
   directory = os.path.join(workdir, EVAL_DIR)
