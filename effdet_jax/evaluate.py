@@ -177,7 +177,8 @@ class Evaluator:
       raise ValueError(f'image ids {ids[counts > 1][:10].tolist()} appear more than once in the '
                        f'{self.config.eval.split} split: COCO evaluation needs unique ids')
     results = self._results(detections, image_ids, valid)
-    ground_truth = self._ground_truth or self._ground_truth_from(fields, image_ids, valid)
+    ground_truth = (self._ground_truth if self._ground_truth is not None
+                    else self._ground_truth_from(fields, image_ids, valid))
     known = set(ground_truth.getImgIds())
     unknown = [int(i) for i in ids if int(i) not in known]
     if unknown:

@@ -40,7 +40,8 @@ def train_step_memory(config, per_device_batch: int):
   arguments = analysis.argument_size_in_bytes
   temporaries = analysis.temp_size_in_bytes
   return {'model': config.model.name, 'per_device_batch': per_device_batch,
-          'image_size': list(batch['image'].shape[1:3]), 'precision': config.model.dtype, 'remat': config.model.remat,
+          'image_size': list(batch['image'].shape[1:3]), 'precision': config.model.dtype,
+          'remat': config.model.remat,
           'parameters': layout.num_params, 'arguments_gib': round(arguments / GIB, 3),
           'temporaries_gib': round(temporaries / GIB, 3),
           'output_gib': round(analysis.output_size_in_bytes / GIB, 3),
