@@ -93,10 +93,14 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   config.model = model_config(arg)
 
   config.data = ml_collections.ConfigDict()
-  # Where examples come from: 'tfds' | 'coco_json' | 'tfrecord' (see effdet_jax/data/).
+  # Where examples come from: 'tfds' | 'coco_json' | 'tfrecord' | 'synthetic' (see effdet_jax/data/).
   config.data.source = 'tfds'
   config.data.train = split_config('train')
   config.data.val = split_config('validation')
+  # source='synthetic': generated shapes (effdet_jax/data/synthetic.py), written
+  # under root ('' = <workdir>/data) on first use and read as COCO-JSON.
+  config.data.synthetic = ml_collections.ConfigDict(
+      {'root': '', 'num_train': 2000, 'num_val': 200, 'image_size': 256, 'seed': 0})
   # Categories: '' = the dataset's own list, 'coco' = COCO 2017's, or a JSON file
   # with a COCO "categories" list. Scheme: 'id_minus_one' (class = id - 1, the
   # official 90-class COCO layout) or 'contiguous' (sorted ids -> 0..K-1).

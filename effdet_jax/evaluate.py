@@ -16,12 +16,13 @@ import json
 import logging
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 import tensorflow as tf
@@ -264,6 +265,26 @@ def write(result: EvalResult, step: int, workdir: str, writer: MetricsWriter) ->
                       'eval_images_skipped': result.images_skipped,
                       'eval_images_per_sec': round(result.num_images / max(result.seconds, 1e-9), 2)})
   writer.images(step, 'eval/samples', result.samples)
+  if result.samples:
+    with tf.io.gfile.GFile(samples_path(workdir, step), 'wb') as f:
+      Image.fromarray(_grid(result.samples)).save(f, format='PNG')
+
+
+def samples_path(workdir: str, step: int) -> str:
+  return os.path.join(workdir, EVAL_DIR, f'samples_{step}.png')
+
+
+def _grid(images: Sequence[np.ndarray], columns: int = 4, gap: int = 4) -> np.ndarray:
+  """Images side by side, `columns` per row, on white."""
+  height = max(i.shape[0] for i in images)
+  width = max(i.shape[1] for i in images)
+  rows = -(-len(images) // columns)
+  columns = min(columns, len(images))
+  canvas = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
+  for k, image in enumerate(images):
+    top, left = (k // columns) * (height + gap), (k % columns) * (width + gap)
+    canvas[top:top + image.shape[0], left:left + image.shape[1]] = image
+  return canvas
 
 
 def ema_variables(state, layout: optim.ParamLayout, mesh):
@@ -307,8 +328,8 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str, path: str, m
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        path: str = '') -> EvalResult:
-  """`--mode eval`: score one checkpoint and write the results into `workdir`."""
+                        path: str = '') -> Tuple[int, EvalResult]:
+  """`--mode eval`: score one checkpoint and write the results into `workdir`; (its step, result)."""
   mesh = parallel.create_mesh(config.model_parallelism)
   step, variables = load_variables(config, workdir, path, mesh)
   logging.info('evaluating %s at step %d', path or workdir, step)
@@ -322,4 +343,4 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     write(result, step, workdir, writer)
   finally:
     writer.close()
-  return result
+  return step, result

@@ -7,6 +7,7 @@ clusters, several processes on one machine) pass `--coordinator_address`,
 """
 import logging as py_logging
 import os
+import time
 
 from absl import app, flags, logging
 import jax
@@ -45,22 +46,42 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   from effdet_jax import evaluate, train  # pylint: disable=g-import-not-at-top
+  from effdet_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   logging.info('process %d of %d, %d local / %d global devices (%s)', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.default_backend())
+  config = synthetic.resolve(FLAGS.config, FLAGS.workdir)
   if FLAGS.mode == 'eval':
-    evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+    step, result = evaluate.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
+    _summary(result.metrics, step, FLAGS.checkpoint)
     return
   if FLAGS.checkpoint:
     raise app.UsageError('--checkpoint is for --mode eval; to start training from a checkpoint '
                          'set --config.train.init_checkpoint')
-  result = train.train(FLAGS.config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step or None,
+  start = time.time()
+  result = train.train(config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step or None,
                        with_eval=FLAGS.mode == 'train_and_eval')
   if result.preempted:
     logging.info('stopped at step %d by preemption; checkpoint saved', result.step)
-  else:
-    logging.info('done: step %d of %d; checkpoints in %s/checkpoints', result.step,
-                 result.total_steps, FLAGS.workdir)
+    return
+  logging.info('done: step %d of %d in %.1f min; checkpoints in %s/checkpoints', result.step,
+               result.total_steps, (time.time() - start) / 60, FLAGS.workdir)
+  _summary(result.eval_metrics, result.step)
+
+
+def _summary(metrics, step, checkpoint=''):
+  """The last lines a user reads: the score and where things are."""
+  if jax.process_index() != 0 or not metrics:
+    return
+  from effdet_jax import evaluate  # pylint: disable=g-import-not-at-top
+  lines = [f"AP {metrics['AP']:.3f}  AP50 {metrics['AP50']:.3f}  AP75 {metrics['AP75']:.3f}  "
+           f"AR100 {metrics['AR100']:.3f}"]
+  lines.append(f'checkpoint: {checkpoint or os.path.join(FLAGS.workdir, "checkpoints", str(step))}')
+  picture = evaluate.samples_path(FLAGS.workdir, step)
+  if os.path.exists(picture):
+    lines.append(f'predictions on validation images: {picture}')
+  lines.append(f'metrics: {os.path.join(FLAGS.workdir, "metrics.jsonl")}')
+  print('\n'.join(lines), flush=True)
 
 
 if __name__ == '__main__':

@@ -250,7 +250,8 @@ def test_official_d0_checkpoint_evaluates_like_the_predict_tool(tmp_path):
   config.data.val.images = str(tmp_path)
   config.eval.global_batch_size = 2
   workdir = str(tmp_path / 'workdir')
-  result = evaluate.evaluate_checkpoint(config, workdir, os.path.join(parity, 'ckpt'))
+  step, result = evaluate.evaluate_checkpoint(config, workdir, os.path.join(parity, 'ckpt'))
+  assert step == 0
   assert result.num_images == 3
   assert read_metrics(workdir)[-1]['step'] == 0
   entries = predict.predict(config, os.path.join(parity, 'ckpt'), paths, str(tmp_path / 'p.json'),

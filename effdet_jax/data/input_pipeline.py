@@ -53,7 +53,11 @@ def open_source(config: ml_collections.ConfigDict, split: str) -> Source:
     return CocoJsonSource(spec.annotations, spec.images)
   if kind == 'tfrecord':
     return TFRecordSource(spec.file_pattern, data.shuffle_buffer_size)
-  raise ValueError(f'config.data.source is {kind!r}; expected one of {SOURCES}')
+  if kind == 'synthetic':
+    raise ValueError("config.data.source='synthetic' is resolved to its COCO-JSON files by "
+                     "effdet_jax.data.synthetic.resolve(config, workdir), which the main entry "
+                     "point calls; call it first")
+  raise ValueError(f'config.data.source is {kind!r}; expected one of {SOURCES} or synthetic')
 
 
 def category_map(config: ml_collections.ConfigDict, source: Source) -> categories_lib.CategoryMap:

@@ -153,6 +153,31 @@ def ensure_dataset(root: str, num_train: int, num_val: int, image_size: int, see
   return settings
 
 
+def resolve(config, workdir: str):
+  """`data.source='synthetic'`: write the dataset (once) under `data.synthetic.root`,
+  default `<workdir>/data`, and return a copy of `config` reading it as COCO-JSON.
+  Other configs are returned as they are."""
+  if config.data.source != 'synthetic':
+    return config
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  spec = config.data.synthetic
+  root = spec.root or os.path.join(workdir, 'data')
+  if '://' in root:
+    raise ValueError(f'config.data.synthetic.root={root!r}: the synthetic dataset is written to a '
+                     f'local folder; set data.synthetic.root to one')
+  if jax.process_index() == 0:
+    ensure_dataset(root, spec.num_train, spec.num_val, spec.image_size, spec.seed)
+  multihost_utils.sync_global_devices('synthetic dataset written')
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.source = 'coco_json'
+    for split, name in ((config.data.train, 'train'), (config.data.val, 'val')):
+      split.annotations = annotation_path(root, name)
+      split.images = image_dir(root, name)
+  return config
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
