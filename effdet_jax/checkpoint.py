@@ -2,11 +2,12 @@
 their config beside them, and the training states of a workdir."""
 import json
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
 VARIABLES_DIR = 'variables'
 CONFIG_FILE = 'config.json'
@@ -50,7 +51,8 @@ def restore_variables(directory: str, config: ml_collections.ConfigDict):
 
 
 def load_variables(path: str, config: ml_collections.ConfigDict):
-  """Variables from a converted checkpoint directory or any official TF checkpoint."""
+  """Variables from a converted checkpoint directory, an export bundle or any
+  official TF checkpoint."""
   if is_variables_dir(path):
     return restore_variables(path, config)
   from effdet_jax.convert import load_official_checkpoint  # pylint: disable=g-import-not-at-top
@@ -99,6 +101,53 @@ class TrainCheckpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def training_checkpoint(path: str) -> Tuple[Optional[str], Optional[int]]:
+  """(workdir, step or None) if `path` is a training workdir or one of its
+  `checkpoints/<step>` directories, else (None, None)."""
+  path = path.rstrip('/')
+  if os.path.basename(os.path.dirname(path)) == 'checkpoints' and os.path.basename(path).isdigit():
+    return os.path.dirname(os.path.dirname(path)), int(os.path.basename(path))
+  if tf.io.gfile.isdir(os.path.join(path, 'checkpoints')):
+    return path, None
+  return None, None
+
+
+def load_ema_variables(workdir: str, config: ml_collections.ConfigDict,
+                       step: Optional[int] = None):
+  """(step, variables): the EMA weights of a training checkpoint of `workdir`
+  (the latest unless `step`), on this process's first device, checked against
+  `config`'s model."""
+  from effdet_jax import convert, optim  # pylint: disable=g-import-not-at-top
+  ckpts = TrainCheckpoints(workdir, keep=1 << 30)
+  try:
+    step = ckpts.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no training checkpoint in {ckpts.directory}; train first, or pass '
+                              f'--checkpoint (a converted or an official checkpoint)')
+    if step not in ckpts.manager.all_steps():
+      raise FileNotFoundError(f'{ckpts.directory} has no checkpoint of step {step} (it has '
+                              f'{sorted(ckpts.manager.all_steps())})')
+    state = ckpts.restore_on_one_device(step)
+  finally:
+    ckpts.close()
+  layout = optim.ParamLayout(convert.abstract_variables(config))
+  for key, size in (('ema_params', layout.num_params), ('ema_batch_stats', layout.num_stats)):
+    if state[key].shape != (size,):
+      raise ValueError(f'{ckpts.directory}/{step}: {key} has {state[key].shape[0]} values, '
+                       f'{config.model.name} as configured needs {size}')
+  return step, layout.variables(*jax.device_get((state['ema_params'], state['ema_batch_stats'])))
+
+
+def load_inference_variables(path: str, config: ml_collections.ConfigDict):
+  """(step, variables, training workdir or None) for inference from any checkpoint:
+  a training workdir (its latest) or step directory (EMA weights), a converted
+  directory, an export bundle or an official TF checkpoint (step 0)."""
+  workdir, step = training_checkpoint(path)
+  if workdir is None:
+    return 0, load_variables(path, config), None
+  return (*load_ema_variables(workdir, config, step), workdir)
 
 
 def abstract_like(tree, sharding):

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from effdet_jax.coco_labels import label_name
 from effdet_jax.detection import anchors as anchors_lib
 from effdet_jax.detection import postprocess as postprocess_lib
 from effdet_jax.models import build_model, image_hw, inference
@@ -23,12 +24,30 @@ def resize_scale(height: int, width: int, target: Sequence[int]):
   return scale, int(np.float32(height) * scale), int(np.float32(width) * scale)
 
 
+def detection_fn(config: ml_collections.ConfigDict, per_class: bool):
+  """`fn(variables, images, scales) -> Detections`: the network and the
+  post-processing on a batch of preprocessed images (`scales`: original pixels
+  per input pixel); shared by the Detector and the exported SavedModel."""
+  nms_settings = postprocess_lib.settings(config.postprocess, per_class)
+  model = build_model(config)
+  anchors = jnp.asarray(anchors_lib.anchors_for(config))
+  input_size = image_hw(config)
+
+  def run(variables, images, scales):
+    cls_outputs, box_outputs = inference.forward(model, variables, images)
+    return postprocess_lib.postprocess(
+        cls_outputs, box_outputs, anchors, scales, image_size=input_size,
+        num_classes=config.model.num_classes, **nms_settings)
+  return run
+
+
 class Detector:
   """`Detector(config, variables)(images)` -> one dict of numpy arrays per image."""
 
   def __init__(self, config: ml_collections.ConfigDict, variables,
                per_class: Optional[bool] = None, batch_size: int = 1,
-               category_ids: Optional[Sequence[int]] = None):
+               category_ids: Optional[Sequence[int]] = None,
+               category_names: Optional[Dict[int, str]] = None):
     """
     Args:
       config: full config; `postprocess` holds the NMS settings.
@@ -36,9 +55,12 @@ class Detector:
       per_class: NMS within each class; default `config.postprocess.infer_per_class`.
       batch_size: images per network call (the last batch is padded).
       category_ids: dataset category id of each model class; default `class + 1`
-        (COCO's ids for the 90-class models).
+        (COCO's ids for the 90-class models); -1 marks a class no category uses.
+      category_names: name of each category id, for labels; default COCO's.
     """
+    self.config = config
     self.variables = variables
+    self.category_names = category_names
     self.batch_size = batch_size
     self.input_size = image_hw(config)
     num_classes = config.model.num_classes
@@ -48,22 +70,17 @@ class Detector:
       raise ValueError(f'category_ids has {len(self.category_ids)} entries, '
                        f'model.num_classes is {num_classes}')
     per_class = config.postprocess.infer_per_class if per_class is None else per_class
-    nms_settings = postprocess_lib.settings(config.postprocess, per_class)
-    model = build_model(config)
-    anchors = jnp.asarray(anchors_lib.anchors_for(config))
     self._mean = np.float32(config.model.mean_rgb)
     self._std = np.float32(config.model.stddev_rgb)
-
-    def run(variables, images, scales):
-      cls_outputs, box_outputs = inference.forward(model, variables, images)
-      return postprocess_lib.postprocess(
-          cls_outputs, box_outputs, anchors, scales, image_size=self.input_size,
-          num_classes=num_classes, **nms_settings)
-
-    self._run = jax.jit(run)
+    self._run = jax.jit(detection_fn(config, per_class))
     self._resize = jax.jit(
         lambda image, size: jax.image.resize(image, (*size, 3), 'bilinear', antialias=False),
         static_argnums=1)
+
+  def label(self, category_id: int) -> str:
+    if self.category_names is None:
+      return label_name(category_id)
+    return self.category_names.get(int(category_id), f'class_{int(category_id)}')
 
   def preprocess(self, image: np.ndarray):
     """uint8 `[h, w, 3]` RGB -> (model input `[H, W, 3]` float32, original pixels per input pixel)."""

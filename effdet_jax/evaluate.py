@@ -27,7 +27,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 import tensorflow as tf
 
-from effdet_jax import checkpoint, convert, optim, parallel
+from effdet_jax import checkpoint, optim, parallel
 from effdet_jax.data import categories as categories_lib, input_pipeline
 from effdet_jax.detection import anchors as anchors_lib
 from effdet_jax.detection import postprocess as postprocess_lib
@@ -293,37 +293,13 @@ def ema_variables(state, layout: optim.ParamLayout, mesh):
       state.ema_params, state.ema_batch_stats)
 
 
-def _train_checkpoint(path: str):
-  """(workdir, step or None) if `path` is a training workdir or one of its step directories."""
-  path = path.rstrip('/')
-  if os.path.basename(os.path.dirname(path)) == 'checkpoints' and os.path.basename(path).isdigit():
-    return os.path.dirname(os.path.dirname(path)), int(os.path.basename(path))
-  if tf.io.gfile.isdir(os.path.join(path, 'checkpoints')):
-    return path, None
-  return None, None
-
-
 def load_variables(config: ml_collections.ConfigDict, workdir: str, path: str, mesh):
   """(step, replicated variables): the EMA weights of the latest training checkpoint of
-  `workdir`, or of `path` (a workdir, a step directory, a converted or an official checkpoint)."""
-  train_dir, step = _train_checkpoint(path) if path else (workdir, None)
-  if train_dir is None:
-    return 0, parallel.replicate(checkpoint.load_variables(path, config), mesh)
-  ckpts = checkpoint.TrainCheckpoints(train_dir, keep=1 << 30)
-  try:
-    step = ckpts.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'no training checkpoint in {ckpts.directory}; train first, or pass '
-                              f'--checkpoint (a converted or an official checkpoint)')
-    state = ckpts.restore_on_one_device(step)
-  finally:
-    ckpts.close()
-  layout = optim.ParamLayout(convert.abstract_variables(config))
-  for key, size in (('ema_params', layout.num_params), ('ema_batch_stats', layout.num_stats)):
-    if state[key].shape != (size,):
-      raise ValueError(f'{ckpts.directory}/{step}: {key} has {state[key].shape[0]} values, '
-                       f'{config.model.name} as configured needs {size}')
-  variables = layout.variables(*jax.device_get((state['ema_params'], state['ema_batch_stats'])))
+  `workdir`, or what `path` holds (see `checkpoint.load_inference_variables`)."""
+  if path:
+    step, variables, _ = checkpoint.load_inference_variables(path, config)
+  else:
+    step, variables = checkpoint.load_ema_variables(workdir, config)
   return step, parallel.replicate(variables, mesh)
 
 

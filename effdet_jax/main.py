@@ -1,9 +1,10 @@
 """Entry point: `python -m effdet_jax.main --config configs/efficientdet.py:d0 --workdir DIR`.
 
-Multi-host: on a TPU pod every worker runs the same command and
-`jax.distributed.initialize()` finds the others by itself; elsewhere (GPU
-clusters, several processes on one machine) pass `--coordinator_address`,
-`--num_processes` and `--process_id`.
+Multi-host: on a TPU pod every worker runs the same command, and under SLURM
+every task of an `srun` with several tasks; `jax.distributed.initialize()`
+finds the others from the environment. Elsewhere (several processes on one
+machine, other clusters) pass `--coordinator_address`, `--num_processes` and
+`--process_id`. `launch/` starts all of these.
 """
 import logging as py_logging
 import os
@@ -22,13 +23,19 @@ def initialize_distributed():
     if FLAGS.cpu_collectives:
       jax.config.update('jax_cpu_collectives_implementation', FLAGS.cpu_collectives)
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  elif _on_tpu_pod():
+  elif cluster_from_environment():
     jax.distributed.initialize()
 
 
-def _on_tpu_pod() -> bool:
-  # Set on every worker of a multi-host TPU VM slice.
-  return len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1
+def cluster_from_environment() -> str:
+  """'tpu_pod' or 'slurm' where the environment describes several processes
+  that `jax.distributed.initialize()` can find by itself, else ''."""
+  env = os.environ
+  if len(env.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1:   # a multi-host TPU VM slice
+    return 'tpu_pod'
+  if int(env.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_STEP_NODELIST' in env:  # inside srun
+    return 'slurm'
+  return ''
 
 
 def _quiet_orbax(record: py_logging.LogRecord) -> bool:

@@ -1,8 +1,14 @@
+import glob
+import os
+
 from absl import flags
+from flax import traverse_util
+import jax
 import pytest
 from ml_collections import config_flags
 
-from configs import efficientdet
+from configs import efficientdet, finetune
+from effdet_jax import convert, optim, sweep
 
 
 def test_official_settings_per_size():
@@ -38,3 +44,33 @@ def test_command_line_overrides():
   assert fv.config.model.name == 'efficientdet-d2'
   assert fv.config.model.fpn_num_filters == 96
   assert fv.config.model.fpn_weight_method == 'attn'
+
+
+def test_paper_recipe_for_every_size():
+  for name in efficientdet.MODEL_NAMES:
+    c = efficientdet.get_config(name)
+    assert c.train.global_batch_size == 128 and c.train.learning_rate == pytest.approx(0.16)
+    assert c.train.num_epochs == (600 if name in ('d7', 'd7x') else 300), name
+    assert (c.data.jitter_min, c.data.jitter_max) == (0.1, 2.0)
+
+
+def test_finetune_config_freezes_backbone_and_bifpn_only():
+  config = finetune.get_config('d0')
+  assert config.model.num_classes == 20 and config.data.source == 'coco_json'
+  assert config.data.category_scheme == 'contiguous'
+  abstract = convert.abstract_variables(config)
+  layout = optim.ParamLayout(abstract, config.train.freeze_regex)
+  paths = ['/'.join(k) for k in traverse_util.flatten_dict(abstract['params'])]
+  assert len(paths) == len(layout.tensor_trainable) == len(jax.tree.leaves(abstract['params']))
+  for path, value in zip(paths, layout.tensor_trainable):
+    frozen = path.split('/')[0] in ('backbone', 'fpn_cells', 'resample_p6')
+    assert value == (0.0 if frozen else 1.0), path
+  assert 0 < layout.frozen_tensors < len(paths)
+
+
+def test_shipped_sweeps_expand(tmp_path):
+  files = sorted(glob.glob(os.path.join(os.path.dirname(efficientdet.__file__), 'sweeps', '*.py')))
+  assert len(files) == 2
+  counts = {os.path.basename(f): len(sweep.expand(sweep.load_sweep(f), str(tmp_path), f))
+            for f in files}
+  assert counts == {'d0_coco.py': 4, 'shapes_lr.py': 6}

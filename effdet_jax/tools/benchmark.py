@@ -14,6 +14,10 @@ Modes:
          generated COCO-JSON set of COCO-sized (640 px) JPEGs written there;
          `--threads` caps tf.data's threads. Also times the on-device anchor
          assignment of one of its batches (the train step does it).
+  saved_model  an exported TF SavedModel (`--saved_model DIR`, from
+         `effdet_jax.export`) run by TensorFlow: preprocessing, network and
+         post-processing on a batch of uint8 images of the model's input size
+         (`--image_size HxW` for another), through `serving_default`.
   train  the full jitted train step (forward, on-device anchor targets, loss,
          backward, clipping, SGD, EMA) on a device-resident batch of random
          images with 8 random boxes each, state donated as in training.
@@ -33,7 +37,7 @@ from effdet_jax.convert import init_variables
 from effdet_jax.models import build_model, image_hw, inference, layers
 
 FLAGS = flags.FLAGS
-MODES = ('infer', 'postprocess', 'input', 'train')
+MODES = ('infer', 'postprocess', 'input', 'train', 'saved_model')
 
 
 def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
@@ -155,6 +159,39 @@ def benchmark_train(config, batch_size: int, repeats: int, warmup: int):
           'peak_host_memory_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
+def benchmark_saved_model(directory: str, batch_size: int, repeats: int, warmup: int,
+                          image_size):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  model = tf.saved_model.load(directory)
+  load_s = time.perf_counter() - start
+  serve = model.signatures['serving_default']
+  if not image_size:   # the size it was exported for, else the model's input size
+    with open(os.path.join(os.path.dirname(directory.rstrip('/')), 'export.json')) as f:
+      summary = json.load(f)
+    image_size = summary['saved_model']['image_size'] or summary['input_size']
+  images = tf.constant(np.random.default_rng(0).integers(
+      0, 256, (batch_size, *image_size, 3), dtype=np.uint8))
+  start = time.perf_counter()
+  serve(images=images)
+  first_s = time.perf_counter() - start
+  for _ in range(warmup):
+    serve(images=images)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    serve(images=images)['num_detections'].numpy()
+    times.append(time.perf_counter() - start)
+  step = statistics.median(times)
+  return {'mode': 'saved_model', 'saved_model': directory, 'batch_size': batch_size,
+          'image_size': list(image_size), 'images_per_sec': round(batch_size / step, 3),
+          'step_ms_median': round(step * 1e3, 2), 'step_ms_min': round(min(times) * 1e3, 2),
+          'load_s': round(load_s, 2), 'compile_s': round(first_s, 2),
+          'backend': 'tensorflow ' + tf.__version__,
+          'peak_host_memory_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 def _time(fn, args, batch_size: int, repeats: int, warmup: int):
   start = time.perf_counter()
   compiled = fn.lower(*args).compile()
@@ -176,6 +213,22 @@ def main(argv):
   del argv
   if FLAGS.mode not in MODES:
     raise app.UsageError(f'--mode must be one of {MODES}, got {FLAGS.mode!r}')
+  if FLAGS.mode == 'saved_model':
+    if not FLAGS.saved_model:
+      raise app.UsageError('--mode saved_model needs --saved_model DIR')
+    size = [int(v) for v in FLAGS.image_size.lower().split('x')] if FLAGS.image_size else None
+    result = benchmark_saved_model(FLAGS.saved_model, FLAGS.batch_size, FLAGS.repeats,
+                                   FLAGS.warmup, size)
+    print(f"SavedModel {result['saved_model']} batch {result['batch_size']} "
+          f"{result['image_size'][0]}x{result['image_size'][1]} uint8 on {result['backend']}: "
+          f"{result['images_per_sec']:.2f} images/s, {result['step_ms_median']:.1f} ms/call "
+          f"(median of {FLAGS.repeats}), first call {result['compile_s']:.1f} s, peak host memory "
+          f"{result['peak_host_memory_mib']} MiB")
+    if FLAGS.json:
+      print(json.dumps(result))
+    return
+  if FLAGS.config is None:
+    raise app.UsageError(f'--mode {FLAGS.mode} needs --config')
   config = FLAGS.config
   if FLAGS.precision:
     config.model.dtype = FLAGS.precision
@@ -222,5 +275,6 @@ if __name__ == '__main__':
   flags.DEFINE_bool('per_class', False, 'postprocess mode: NMS per class')
   flags.DEFINE_integer('threads', 0, 'input mode: tf.data threads (0: all cores)')
   flags.DEFINE_string('synthetic_dir', '', 'input mode: generate and read a synthetic COCO-JSON set here')
-  flags.mark_flags_as_required(['config'])
+  flags.DEFINE_string('saved_model', '', 'saved_model mode: the SavedModel directory')
+  flags.DEFINE_string('image_size', '', 'saved_model mode: HEIGHTxWIDTH of the images')
   app.run(main)

@@ -2,11 +2,15 @@
 
     python -m effdet_jax.tools.predict --config configs/efficientdet.py:d0 \
         --checkpoint PATH --output detections.json [--draw_dir DIR] IMAGE [IMAGE ...]
+    python -m effdet_jax.tools.predict --bundle DIR ... IMAGE [IMAGE ...]
 
-PATH is an official TF checkpoint (directory, prefix or .tar.gz) or a directory
-written by `effdet_jax.convert`. `detections.json` holds one entry per image:
-`{"image", "height", "width", "detections": [{"box": [ymin, xmin, ymax, xmax],
-"score", "category_id", "label"}, ...]}` with boxes in original pixels.
+PATH is an official TF checkpoint (directory, prefix or .tar.gz), a directory
+written by `effdet_jax.convert`, or a training workdir (its latest EMA weights)
+or one of its `checkpoints/<step>` directories; DIR is an inference bundle
+written by `effdet_jax.export` (it carries its config and category names).
+`detections.json` holds one entry per image: `{"image", "height", "width",
+"detections": [{"box": [ymin, xmin, ymax, xmax], "score", "category_id",
+"label"}, ...]}` with boxes in original pixels.
 """
 import json
 import os
@@ -46,11 +50,12 @@ def load_image(path: str) -> np.ndarray:
     raise ValueError(f'cannot read image {path!r}: {e}') from e
 
 
-def to_entries(paths: Sequence[str], images: Sequence[np.ndarray], results) -> List[dict]:
+def to_entries(paths: Sequence[str], images: Sequence[np.ndarray], results,
+               label=label_name) -> List[dict]:
   entries = []
   for path, image, result in zip(paths, images, results):
     detections = [{'box': [round(float(c), 3) for c in box], 'score': round(float(score), 6),
-                   'category_id': int(cid), 'label': label_name(cid)}
+                   'category_id': int(cid), 'label': label(cid)}
                   for box, score, cid in zip(result['boxes'], result['scores'],
                                              result['category_ids'])]
     entries.append({'image': path, 'height': int(image.shape[0]), 'width': int(image.shape[1]),
@@ -58,13 +63,11 @@ def to_entries(paths: Sequence[str], images: Sequence[np.ndarray], results) -> L
   return entries
 
 
-def predict(config: ml_collections.ConfigDict, checkpoint_path: str, image_paths: Sequence[str],
-            output: str, draw_dir: Optional[str] = None, draw_min_score: float = 0.3,
-            per_class: Optional[bool] = None, batch_size: int = 1) -> List[dict]:
-  variables = checkpoint.load_variables(checkpoint_path, config)
-  detector = Detector(config, variables, per_class=per_class, batch_size=batch_size)
+def detect_files(detector: Detector, image_paths: Sequence[str], output: str,
+                 draw_dir: Optional[str] = None, draw_min_score: float = 0.3) -> List[dict]:
+  """Run `detector` on image files; write `output` (JSON) and the pictures."""
   images = [load_image(p) for p in image_paths]
-  entries = to_entries(image_paths, images, detector(images))
+  entries = to_entries(image_paths, images, detector(images), detector.label)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, 'w') as f:
     json.dump(entries, f, indent=1)
@@ -79,12 +82,30 @@ def predict(config: ml_collections.ConfigDict, checkpoint_path: str, image_paths
   return entries
 
 
+def predict(config: ml_collections.ConfigDict, checkpoint_path: str, image_paths: Sequence[str],
+            output: str, draw_dir: Optional[str] = None, draw_min_score: float = 0.3,
+            per_class: Optional[bool] = None, batch_size: int = 1) -> List[dict]:
+  _, variables, _ = checkpoint.load_inference_variables(checkpoint_path, config)
+  detector = Detector(config, variables, per_class=per_class, batch_size=batch_size)
+  return detect_files(detector, image_paths, output, draw_dir, draw_min_score)
+
+
 def main(argv):
   paths = argv[1:]
   if not paths:
     raise app.UsageError('give one or more image files after the flags')
-  entries = predict(FLAGS.config, FLAGS.checkpoint, paths, FLAGS.output, FLAGS.draw_dir,
-                    FLAGS.draw_min_score, FLAGS.per_class_nms, FLAGS.batch_size)
+  if FLAGS.bundle:
+    if FLAGS.checkpoint:
+      raise app.UsageError('give --bundle or --config with --checkpoint, not both')
+    from effdet_jax.export import load_bundle  # pylint: disable=g-import-not-at-top
+    detector = load_bundle(FLAGS.bundle, per_class=FLAGS.per_class_nms,
+                           batch_size=FLAGS.batch_size)
+    entries = detect_files(detector, paths, FLAGS.output, FLAGS.draw_dir, FLAGS.draw_min_score)
+  elif FLAGS.config is None or not FLAGS.checkpoint:
+    raise app.UsageError('give --config and --checkpoint, or --bundle')
+  else:
+    entries = predict(FLAGS.config, FLAGS.checkpoint, paths, FLAGS.output, FLAGS.draw_dir,
+                      FLAGS.draw_min_score, FLAGS.per_class_nms, FLAGS.batch_size)
   for entry in entries:
     top = entry['detections'][:3]
     print(f"{entry['image']}: {len(entry['detections'])} detections; top: " +
@@ -96,11 +117,13 @@ def main(argv):
 if __name__ == '__main__':
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
-  flags.DEFINE_string('checkpoint', None, 'official TF checkpoint or converted directory')
+  flags.DEFINE_string('checkpoint', None, 'training workdir or checkpoints/<step> directory, '
+                      'converted directory, or official TF checkpoint')
+  flags.DEFINE_string('bundle', None, 'an inference bundle from effdet_jax.export (instead of '
+                      '--config and --checkpoint)')
   flags.DEFINE_string('output', 'detections.json', 'JSON file to write')
   flags.DEFINE_string('draw_dir', None, 'write one PNG per image with boxes drawn')
   flags.DEFINE_float('draw_min_score', 0.3, 'draw detections scoring at least this')
   flags.DEFINE_bool('per_class_nms', None, 'NMS per class (default: config.postprocess.infer_per_class)')
   flags.DEFINE_integer('batch_size', 1, 'images per network call')
-  flags.mark_flags_as_required(['config', 'checkpoint'])
   app.run(main)

@@ -1,0 +1,12 @@
+"""The demo's learning rate and length: 3 x 2 runs of configs/shapes.py.
+
+    python -m effdet_jax.sweep run --sweep configs/sweeps/shapes_lr.py --root runs/shapes_lr
+    python -m effdet_jax.sweep summary --root runs/shapes_lr
+"""
+from effdet_jax.sweep import Sweep, product
+
+
+def get_sweep():
+  return Sweep(config='configs/shapes.py',
+               points=product({'train.learning_rate': [0.08, 0.16, 0.32],
+                               'train.num_steps': [1000, 2000]}))

@@ -1,0 +1,97 @@
+"""From any checkpoint to the export formats: the weights for inference (EMA
+weights of a training checkpoint), and the categories the model's classes stand
+for, found once and written into every format."""
+import json
+import os
+import time
+from typing import Dict, Optional, Sequence, Tuple
+
+import ml_collections
+import tensorflow as tf
+
+from effdet_jax import checkpoint
+from effdet_jax.coco_labels import label_name
+from effdet_jax.data import categories as categories_lib
+from effdet_jax.export import bundle as bundle_lib
+from effdet_jax.export import saved_model as saved_model_lib
+from effdet_jax.models import image_hw
+
+FORMATS = ('bundle', 'saved_model', 'all')
+BUNDLE_DIR = 'bundle'
+SAVED_MODEL_DIR = 'saved_model'
+SUMMARY_FILE = 'export.json'
+COCO_MODEL_CLASSES = 90
+
+
+def categories_for(config: ml_collections.ConfigDict, path: str, workdir: Optional[str],
+                   categories_file: str = '') -> categories_lib.CategoryMap:
+  """What the model's classes mean: `categories_file` (a COCO annotation file or a
+  `categories.json`), else the training run's or the bundle's `categories.json`,
+  else, for a 90-class model (the official ones), COCO's ids `class + 1`."""
+  num_classes = config.model.num_classes
+  scheme = config.data.category_scheme
+  if categories_file:
+    found = categories_lib.read_categories_file(categories_file, scheme)
+    source = categories_file
+  else:
+    candidates = [os.path.join(d, categories_lib.FILENAME) for d in (workdir, path) if d]
+    existing = [c for c in candidates if tf.io.gfile.exists(c)]
+    if existing:
+      found, source = categories_lib.CategoryMap.load(existing[0]), existing[0]
+    elif num_classes == COCO_MODEL_CLASSES:
+      return categories_lib.CategoryMap.build(
+          [{'id': c + 1, 'name': label_name(c + 1)} for c in range(num_classes)], 'id_minus_one')
+    else:
+      raise ValueError(f'{path}: cannot tell which dataset categories the model\'s {num_classes} '
+                       f'classes stand for; pass --categories (a COCO annotation file or a '
+                       f'categories.json)')
+  found.check_model(num_classes, source)
+  return found
+
+
+def export(config: ml_collections.ConfigDict, checkpoint_path: str, output: str,
+           formats: Sequence[str] = ('all',), categories_file: str = '',
+           per_class: Optional[bool] = None, batch_size: int = 1, static_batch: bool = False,
+           image_size: Optional[Tuple[int, int]] = None,
+           platforms: Sequence[str] = ()) -> Dict:
+  """Write `output/bundle` and/or `output/saved_model`, and `output/export.json`
+  (what was written, from which checkpoint, sizes and times); returns the latter."""
+  unknown = [f for f in formats if f not in FORMATS]
+  if unknown or not formats:
+    raise ValueError(f'unsupported export format(s) {unknown or formats}; expected some of '
+                     f'{FORMATS}')
+  formats = ('bundle', 'saved_model') if 'all' in formats else tuple(dict.fromkeys(formats))
+  start = time.perf_counter()
+  step, variables, workdir = checkpoint.load_inference_variables(checkpoint_path, config)
+  categories = categories_for(config, checkpoint_path, workdir, categories_file)
+  summary = {'model': config.model.name, 'checkpoint': checkpoint_path, 'step': step,
+             'input_size': list(image_hw(config)), 'num_classes': config.model.num_classes,
+             'categories': len(categories.ids),
+             'load_seconds': round(time.perf_counter() - start, 1)}
+  tf.io.gfile.makedirs(output)
+  if 'bundle' in formats:
+    target = os.path.join(output, BUNDLE_DIR)
+    begin = time.perf_counter()
+    bundle_lib.write_bundle(target, config, variables, categories, checkpoint_path, step)
+    summary['bundle'] = {'path': target, 'bytes': _size(target),
+                         'seconds': round(time.perf_counter() - begin, 1)}
+  if 'saved_model' in formats:
+    target = os.path.join(output, SAVED_MODEL_DIR)
+    info = saved_model_lib.export_saved_model(
+        target, config, variables, categories, per_class=per_class, batch_size=batch_size,
+        static_batch=static_batch, image_size=image_size, platforms=platforms)
+    summary['saved_model'] = {'path': target, 'bytes': _size(target),
+                              'seconds': info.export_seconds, 'platforms': list(info.platforms),
+                              'batch_size': info.batch_size, 'static_batch': info.static_batch,
+                              'image_size': info.image_size,
+                              'stablehlo_version': info.stablehlo_version,
+                              'tensorflow': tf.__version__}
+  summary['seconds'] = round(time.perf_counter() - start, 1)
+  with tf.io.gfile.GFile(os.path.join(output, SUMMARY_FILE), 'w') as f:
+    json.dump(summary, f, indent=1)
+  return summary
+
+
+def _size(directory: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(directory) for name in names)
