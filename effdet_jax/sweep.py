@@ -72,16 +72,23 @@ class Run:
   flags: List[str]                 # effdet_jax.main's flags for this run
 
 
-def load_sweep(path: str) -> Sweep:
-  spec = importlib.util.spec_from_file_location('effdet_sweep', path)
-  if spec is None or not os.path.exists(path):
-    raise FileNotFoundError(f'no sweep file {path!r}')
+def _load_python_file(path: str, what: str):
+  """Execute a sweep or config file as a module (with the checkout importable,
+  so it can import `configs.*`)."""
+  spec = importlib.util.spec_from_file_location(f'effdet_{what}', path)
+  if spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f'no {what} file {path!r}')
   module = importlib.util.module_from_spec(spec)
   sys.path.insert(0, ROOT)
   try:
     spec.loader.exec_module(module)
   finally:
     sys.path.remove(ROOT)
+  return module
+
+
+def load_sweep(path: str) -> Sweep:
+  module = _load_python_file(path, 'sweep')
   if not hasattr(module, 'get_sweep'):
     raise ValueError(f'{path}: a sweep file defines get_sweep() returning effdet_jax.sweep.Sweep')
   sweep = module.get_sweep()
@@ -95,16 +102,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   """A config from a `--config`-style spec: 'path.py' or 'path.py:arg', relative
   to the working directory (as `--config` reads it) or to the checkout."""
   path, _, arg = spec.partition(':')
-  full = path if os.path.exists(path) else os.path.join(ROOT, path)
-  module_spec = importlib.util.spec_from_file_location('effdet_sweep_config', full)
-  if module_spec is None or not os.path.exists(full):
-    raise FileNotFoundError(f'no config file {path!r}')
-  module = importlib.util.module_from_spec(module_spec)
-  sys.path.insert(0, ROOT)
-  try:
-    module_spec.loader.exec_module(module)
-  finally:
-    sys.path.remove(ROOT)
+  module = _load_python_file(path if os.path.exists(path) else os.path.join(ROOT, path), 'config')
   return module.get_config(arg) if arg else module.get_config()
 
 

@@ -172,8 +172,9 @@ def _write_categories(directory, count):
 
 @pytest.mark.slow
 def test_official_d0_exports_and_matches_the_predict_tool(tmp_path):
-  """`python -m effdet_jax.export` on the official-layout D0 checkpoint; the
-  SavedModel (TF alone) and the bundle give the predict tool's detections."""
+  """`python -m effdet_jax.export` on the official-layout D0 checkpoint: the
+  SavedModel (TF alone) gives the predict tool's detections. (The bundle is
+  checked against the Detector above.)"""
   parity = require_parity()
   ckpt = os.path.join(parity, 'ckpt')
   output = tmp_path / 'd0'
@@ -183,7 +184,7 @@ def test_official_d0_exports_and_matches_the_predict_tool(tmp_path):
   paths = photo_paths(str(tmp_path))
   expected = predict.predict(get_config('d0'), ckpt, paths, str(tmp_path / 'predict.json'))
   out = run_saved_model(str(output / 'saved_model'), paths, tmp_path / 'out.npz')
-  bundle = load_bundle(str(output / 'bundle'))([predict.load_image(p) for p in paths])
+  assert os.path.isfile(output / 'bundle' / 'bundle.json')
   for i, entry in enumerate(expected):
     reference = {'num_detections': len(entry['detections']),
                  'boxes': np.array([d['box'] for d in entry['detections']]),
@@ -192,5 +193,3 @@ def test_official_d0_exports_and_matches_the_predict_tool(tmp_path):
     # The predict tool's JSON rounds boxes to 1e-3 px and scores to 1e-6.
     for signature in ('serving_default', 'serving_encoded'):
       assert_same_detections(reference, *(out[f'{signature}/{k}'][i] for k in OUTPUT_KEYS))
-    assert_same_detections(reference, bundle[i]['boxes'], bundle[i]['scores'],
-                           bundle[i]['category_ids'], bundle[i]['num_detections'], box_atol=1e-3)

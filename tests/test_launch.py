@@ -102,6 +102,13 @@ def data_root(tmp_path_factory):
   return root
 
 
+@pytest.fixture(scope='module')
+def cached_env(tmp_path_factory):
+  """A subprocess environment with a persistent compile cache, so runs of the
+  same program (sweep points that change only the input pipeline) compile once."""
+  return dict(env(1), JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')))
+
+
 def test_local_launcher_stops_when_a_process_fails(tmp_path):
   out = _launch('local.py', '--num_processes', '2', '--', '--config', f'{TINY}:/nowhere',
                 '--workdir', str(tmp_path), '--config.train.no_such_field=1', check=False)
@@ -180,29 +187,40 @@ def test_bad_sweeps_are_named(tmp_path):
     sweep_lib.load_sweep(str(empty))
 
 
+SUMMARY_SWEEP = textwrap.dedent('''\
+    from effdet_jax.sweep import Sweep, product, zipped
+
+    def get_sweep():
+      # Input-pipeline settings only: the second run reuses the first's executables.
+      return Sweep(config='{config}', mode='{mode}',
+                   points=[{{**a, **b}} for a in product({{'train.num_steps': [2]}})
+                           for b in zipped({{'data.jitter_max': [1.0, 1.5],
+                                             'data.input_rand_hflip': [True, False]}})])
+    ''')
+
+
 @pytest.mark.slow
-def test_sweep_runs_locally_and_summarizes_real_metrics(data_root, tmp_path):
-  two_points = SWEEP.replace('[0.01, 0.02]', '[0.01]')
-  path = _sweep_file(str(tmp_path), f'{TINY}:{data_root}', text=two_points)
+def test_sweep_runs_locally_and_summarizes_real_metrics(data_root, cached_env, tmp_path):
+  path = _sweep_file(str(tmp_path), f'{TINY}:{data_root}', text=SUMMARY_SWEEP)
   root = tmp_path / 'root'
   out = subprocess.run([sys.executable, '-m', 'effdet_jax.sweep', 'run', '--sweep', path,
-                        '--root', str(root)], cwd=ROOT, env=env(1), capture_output=True,
+                        '--root', str(root)], cwd=ROOT, env=cached_env, capture_output=True,
                        text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert sorted(os.listdir(root)) == ['0_learning_rate=0.01_num_steps=2_jitter_max=1.0',
-                                      '1_learning_rate=0.01_num_steps=3_jitter_max=1.5']
+  assert sorted(os.listdir(root)) == ['0_num_steps=2_jitter_max=1.0_input_rand_hflip=True',
+                                      '1_num_steps=2_jitter_max=1.5_input_rand_hflip=False']
   summary = subprocess.run([sys.executable, '-m', 'effdet_jax.sweep', 'summary', '--root',
                             str(root), '--json'], cwd=ROOT, env=env(1), capture_output=True,
                            text=True, timeout=300, check=True)
   rows = [json.loads(line) for line in summary.stdout.splitlines()]
-  for row, steps in zip(rows, (2, 3)):
+  assert [r['overrides']['data.jitter_max'] for r in rows] == [1.0, 1.5]
+  for row in rows:
     records = read_metrics(str(root / row['name']))
     final_eval = [r for r in records if 'AP' in r][-1]
-    assert row['step'] == steps and row['AP'] == final_eval['AP'] == row['best_AP']
+    assert row['step'] == 2 and row['AP'] == final_eval['AP'] == row['best_AP']
     assert row['loss'] == [r for r in records if 'loss' in r][-1]['loss']
-    assert row['overrides']['train.num_steps'] == steps
   table = subprocess.run([sys.executable, '-m', 'effdet_jax.sweep', 'summary', '--root',
                           str(root)], cwd=ROOT, env=env(1), capture_output=True, text=True,
                          timeout=300, check=True).stdout.splitlines()
-  assert table[0].split()[:4] == ['run', 'train.learning_rate', 'train.num_steps',
-                                  'data.jitter_max'] and len(table) == 3
+  assert table[0].split()[:4] == ['run', 'train.num_steps', 'data.jitter_max',
+                                  'data.input_rand_hflip'] and len(table) == 3
