@@ -5,6 +5,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from effdet_jax import huge_pages  # noqa: E402  (after the path)
 PARITY = os.path.join(os.path.dirname(ROOT), 'shared', 'parity')
 D0_PARITY = os.path.join(PARITY, 'efficientdet-d0')
 
@@ -14,3 +15,10 @@ def require_parity():
     pytest.skip(f'official reference data not found at {PARITY} (../shared/parity beside the '
                 f'checkout); parity tests need it')
   return D0_PARITY
+
+
+# The xdist workers start after this file is read: give them glibc's huge-page
+# malloc as the commands have it (effdet_jax/huge_pages.py), so tests run as fast.
+_env = huge_pages.environment_with_tunable(os.environ)
+if _env is not None:
+  os.environ['GLIBC_TUNABLES'] = _env['GLIBC_TUNABLES']

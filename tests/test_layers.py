@@ -18,6 +18,21 @@ def test_depthwise_formulations_agree(size, kernel, stride):
   np.testing.assert_allclose(shifted, native, atol=1e-5, rtol=1e-5)
 
 
+
+@pytest.mark.parametrize('size,kernel,stride', [
+    ((16, 16), 3, 1), ((15, 17), 5, 2), ((7, 7), 3, 2)])
+def test_depthwise_gradients_agree(size, kernel, stride):
+  """The shifted formulation's own gradient equals autodiff of XLA's convolution."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 6))
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 6, 1))
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), (2, -(-size[0] // stride),
+                                                         -(-size[1] // stride), 6))
+  grads = {impl: jax.grad(lambda x, w: jnp.sum(layers.depthwise_conv2d(x, w, stride, impl)
+                                               * cotangent), argnums=(0, 1))(x, w)
+           for impl in ('native', 'matmul')}
+  for shifted, native in zip(grads['matmul'], grads['native']):
+    np.testing.assert_allclose(shifted, native, atol=1e-4, rtol=1e-5)
+
 def test_pointwise_formulations_agree():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 12))
   w = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 12, 20))

@@ -19,6 +19,30 @@ def test_focal_loss_values():
   assert float(big[0]) < 1e-12 and 5 < float(big[1]) < 10
 
 
+
+def _plain_focal(logits, targets, alpha, gamma, label_smoothing):
+  """The official formula as written, differentiated by JAX."""
+  prob = jax.nn.sigmoid(logits)
+  p_t = targets * prob + (1 - targets) * (1 - prob)
+  alpha_factor = targets * alpha + (1 - targets) * (1 - alpha)
+  smoothed = targets * (1 - label_smoothing) + 0.5 * label_smoothing
+  ce = jnp.maximum(logits, 0) - logits * smoothed + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+  return alpha_factor * (1 - p_t) ** gamma * ce
+
+
+@pytest.mark.parametrize('gamma,label_smoothing', [(1.5, 0.0), (2.0, 0.1), (0.0, 0.0), (1.7, 0.0),
+                                                   (0.5, 0.05)])
+def test_focal_loss_gradient_matches_autodiff(gamma, label_smoothing):
+  logits = jnp.linspace(-12, 12, 96).reshape(1, 96) * jnp.ones((2, 1))   # no kink at 0
+  targets = jnp.stack([jnp.zeros(96), jnp.ones(96)])
+  weights = jax.random.uniform(jax.random.PRNGKey(0), logits.shape)
+  def total(fn):
+    return lambda x: jnp.sum(fn(x, targets, 0.25, gamma, label_smoothing) * weights)
+  value, grad = jax.value_and_grad(total(losses.focal_loss))(logits)
+  plain_value, plain_grad = jax.value_and_grad(total(_plain_focal))(logits)
+  np.testing.assert_allclose(value, plain_value, rtol=1e-5)
+  np.testing.assert_allclose(grad, plain_grad, rtol=1e-4, atol=1e-6)
+
 def test_huber_loss_regions():
   np.testing.assert_allclose(losses.huber_loss(jnp.array([0.05, 0.3]), 0.0, 0.1),
                              [0.5 * 0.05 ** 2, 0.1 * 0.3 - 0.5 * 0.1 ** 2], rtol=1e-6)

@@ -4,6 +4,7 @@ box loss, each normalized by the positives of the whole (global) batch + 1.
 Under `jit` with a batch-sharded input the sums run over the global batch, so
 the normalizer is the official cross-replica one without any axis name.
 """
+import functools
 import math
 from typing import Dict, Optional, Sequence
 
@@ -16,16 +17,63 @@ from effdet_jax.detection.target_assigner import IGNORED
 IOU_TYPES = ('iou', 'giou', 'diou', 'ciou')
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def focal_loss(logits, targets, alpha: float, gamma: float, label_smoothing: float = 0.0):
-  """Elementwise sigmoid focal loss; `targets` are 0/1 of the logits' shape."""
-  prob = jax.nn.sigmoid(logits)
-  p_t = targets * prob + (1 - targets) * (1 - prob)
-  alpha_factor = targets * alpha + (1 - targets) * (1 - alpha)
-  modulating = (1.0 - p_t) ** gamma
+  """Elementwise sigmoid focal loss; `targets` are 0/1 of the logits' shape.
+
+  `alpha_t * (1 - p_t)^gamma * CE(logits, smoothed targets)`, the official
+  formula, with a hand-written gradient. Over `B x anchors x classes` elements
+  autodiff's version shares its exp/log/pow results between the loss and the
+  gradient, and XLA's CPU backend then writes each of them to memory rather
+  than recompute it: about 1 s of a 6 s D0 step. Here the loss is one fused
+  pass and the gradient another, each with its own transcendentals.
+  """
+  return _focal_value(logits, targets, alpha, gamma, label_smoothing)
+
+
+def _focal_value(logits, targets, alpha, gamma, label_smoothing):
+  e = jnp.exp(-jnp.abs(logits))
+  inv = 1.0 / (1.0 + e)
+  prob = jnp.where(logits >= 0, inv, e * inv)                 # sigmoid(logits)
+  q = targets * (1.0 - prob) + (1.0 - targets) * prob          # 1 - p_t
+  alpha_factor = targets * alpha + (1.0 - targets) * (1.0 - alpha)
   smoothed = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
   # Stable sigmoid cross-entropy: max(x, 0) - x * z + log(1 + exp(-|x|)).
+  ce = jnp.maximum(logits, 0) - logits * smoothed + jnp.log1p(e)
+  return alpha_factor * _power(q, gamma) * ce
+
+
+def _power(q, exponent: float):
+  """`q ** exponent` for q in [0, 1], without pow for the usual exponents (and 0
+  at q = 0 for a negative one, where the gradient's factor meets a zero)."""
+  shortcuts = {0.0: jnp.ones_like, 0.5: jnp.sqrt, 1.0: lambda v: v,
+               1.5: lambda v: v * jnp.sqrt(v), 2.0: lambda v: v * v}
+  if exponent in shortcuts:
+    return shortcuts[exponent](q)
+  if exponent > 0:
+    return q ** exponent
+  return jnp.where(q > 0, q ** exponent, 0.0)
+
+
+def _focal_fwd(logits, targets, alpha, gamma, label_smoothing):
+  return _focal_value(logits, targets, alpha, gamma, label_smoothing), (logits, targets)
+
+
+def _focal_bwd(alpha, gamma, label_smoothing, residuals, grad):
+  # The barrier keeps XLA from merging these exp/log with the forward pass's.
+  logits, targets = jax.lax.optimization_barrier(residuals)
+  prob = jax.nn.sigmoid(logits)
+  q = targets * (1.0 - prob) + (1.0 - targets) * prob
+  alpha_factor = targets * alpha + (1.0 - targets) * (1.0 - alpha)
+  smoothed = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
   ce = jnp.maximum(logits, 0) - logits * smoothed + jnp.log1p(jnp.exp(-jnp.abs(logits)))
-  return alpha_factor * modulating * ce
+  q_pow = _power(q, gamma - 1.0)
+  d_q = (1.0 - 2.0 * targets) * prob * (1.0 - prob)
+  d_loss = alpha_factor * (gamma * q_pow * d_q * ce + _power(q, gamma) * (prob - smoothed))
+  return grad * d_loss, jnp.zeros_like(targets)
+
+
+focal_loss.defvjp(_focal_fwd, _focal_bwd)
 
 
 def huber_loss(predictions, targets, delta: float):
@@ -140,3 +188,4 @@ def detection_loss(cls_outputs: Sequence[jnp.ndarray], box_outputs: Sequence[jnp
     result['box_iou_loss'] = jnp.sum(jnp.where(matched, 1 - iou, 0.0)) / (normalizer * 4.0)
     result['loss'] = result['loss'] + iou_loss_weight * result['box_iou_loss']
   return result
+

@@ -14,6 +14,7 @@ Two formulations compute the same numbers:
   slower than these.
 `auto` picks `matmul` on CPU and `native` elsewhere.
 """
+import functools
 from typing import Any, Callable, Sequence, Tuple
 
 import flax.linen as nn
@@ -45,13 +46,40 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, impl: str) -> jax.Array
   kh, kw, cin, cout = kernel.shape
   if impl == 'matmul':
     if kh == 1 and kw == 1 and stride == 1:
-      return jnp.einsum('bhwc,cd->bhwd', x, kernel[0, 0])
+      return _channel_matmul(x, kernel[0, 0])
     # im2col: one matmul over (kh*kw*cin)-long patches, taps ordered like HWIO.
     patches = jnp.concatenate(list(_taps(x, kh, kw, stride)), axis=-1)
-    return jnp.einsum('bhwc,cd->bhwd', patches, kernel.reshape(kh * kw * cin, cout))
+    return _channel_matmul(patches, kernel.reshape(kh * kw * cin, cout))
   return jax.lax.conv_general_dilated(
       x, kernel, (stride, stride), 'SAME',
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@jax.custom_vjp
+def _channel_matmul(x: jax.Array, weight: jax.Array) -> jax.Array:
+  """`x @ weight` over the channel axis of an NHWC tensor.
+
+  Its own gradient so the weight's gradient is one `[C, N] x [N, D]` product
+  written as such: autodiff's version ends in a transpose that XLA moves onto
+  the activation-sized operand, a transposing copy of every activation's
+  gradient in the backward pass (about 6% of a D0 step on CPU).
+  """
+  return jnp.einsum('bhwc,cd->bhwd', x, weight)
+
+
+def _channel_matmul_fwd(x, weight):
+  return _channel_matmul(x, weight), (x, weight)
+
+
+def _channel_matmul_bwd(residuals, grad):
+  x, weight = residuals
+  grad_x = jnp.einsum('bhwd,cd->bhwc', grad, weight)
+  grad_w = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1]),
+                               (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  return grad_x, grad_w.astype(weight.dtype)
+
+
+_channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
 
 
 def _taps(x: jax.Array, kh: int, kw: int, stride: int):
@@ -85,11 +113,65 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, impl: str) ->
     return jax.lax.conv_general_dilated(
         x, kernel.reshape(kh, kw, 1, channels), (stride, stride), 'SAME',
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=channels)
+  return _shifted_depthwise(x, kernel[..., 0], stride)
+
+
+def _shifted_sum(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  kh, kw, _ = kernel.shape
   out = None
   for (i, j), window in zip(np.ndindex(kh, kw), _taps(x, kh, kw, stride)):
-    term = window * kernel[i, j, :, 0]
+    term = window * kernel[i, j]
     out = term if out is None else out + term
   return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """Depthwise convolution as shifted multiply-adds, `kernel` `[kh, kw, C]`.
+
+  Its own gradient because autodiff makes the kernel's gradient one reduction
+  over the whole activation per tap (9 or 25 passes over memory); one pass per
+  output row, all taps at once while the row is in cache, is about 3x faster on
+  CPU, and the step's time is dominated by these gradients.
+  """
+  return _shifted_sum(x, kernel, stride)
+
+
+def _shifted_depthwise_fwd(x, kernel, stride):
+  return _shifted_sum(x, kernel, stride), (x, kernel)
+
+
+def _shifted_depthwise_bwd(stride, residuals, grad):
+  x, kernel = residuals
+  _, pullback = jax.vjp(lambda v: _shifted_sum(v, kernel, stride), x)
+  (grad_x,) = pullback(grad)
+  return grad_x, _depthwise_kernel_grad(x, grad, kernel.shape[:2], stride).astype(kernel.dtype)
+
+
+_shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
+
+
+def _depthwise_kernel_grad(x: jax.Array, grad: jax.Array, kernel_hw: Tuple[int, int],
+                           stride: int) -> jax.Array:
+  """`sum_{b,h,w} xpad[b, h*s + i, w*s + j, c] * grad[b, h, w, c]`, in float32,
+  one output row at a time. The batch axis is summed after the loop so that a
+  batch-sharded step reduces across devices once, not once per row."""
+  kh, kw = kernel_hw
+  _, out_h, out_w, channels = grad.shape
+  (top, bottom) = same_padding(x.shape[1], kh, stride)
+  (left, right) = same_padding(x.shape[2], kw, stride)
+  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+  def row(acc, h):
+    rows = jax.lax.dynamic_slice_in_dim(xp, h * stride, kh, axis=1)
+    g = jax.lax.dynamic_index_in_dim(grad, h, axis=1, keepdims=False)
+    taps = [jnp.sum(rows[:, i, j:j + (out_w - 1) * stride + 1:stride] * g, axis=1,
+                    dtype=jnp.float32) for i, j in np.ndindex(kh, kw)]
+    return acc + jnp.stack(taps, axis=1), None
+
+  init = jnp.zeros((x.shape[0], kh * kw, channels), jnp.float32)
+  acc, _ = jax.lax.scan(row, init, jnp.arange(out_h))
+  return jnp.sum(acc, axis=0).reshape(kh, kw, channels)
 
 
 def tf_conv_init(key, shape, dtype=jnp.float32):

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
+from effdet_jax import huge_pages
 from effdet_jax.convert import init_variables
 from effdet_jax.models import build_model, image_hw, inference, layers
 
@@ -209,6 +210,11 @@ def _time(fn, args, batch_size: int, repeats: int, warmup: int):
           'peak_host_memory_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
+def _print_json(result):
+  if FLAGS.json:
+    print(json.dumps(dict(result, huge_pages=huge_pages.active())))
+
+
 def main(argv):
   del argv
   if FLAGS.mode not in MODES:
@@ -224,8 +230,7 @@ def main(argv):
           f"{result['images_per_sec']:.2f} images/s, {result['step_ms_median']:.1f} ms/call "
           f"(median of {FLAGS.repeats}), first call {result['compile_s']:.1f} s, peak host memory "
           f"{result['peak_host_memory_mib']} MiB")
-    if FLAGS.json:
-      print(json.dumps(result))
+    _print_json(result)
     return
   if FLAGS.config is None:
     raise app.UsageError(f'--mode {FLAGS.mode} needs --config')
@@ -241,8 +246,7 @@ def main(argv):
           f"({result['images_per_sec_per_core']:.1f} per core); anchor targets on "
           f"{result['backend']}: {result['targets_ms_per_batch']:.1f} ms/batch; peak host memory "
           f"{result['peak_host_memory_mib']} MiB")
-    if FLAGS.json:
-      print(json.dumps(result))
+    _print_json(result)
     return
   if FLAGS.mode == 'train':
     result = benchmark_train(config, FLAGS.batch_size, FLAGS.repeats, FLAGS.warmup)
@@ -260,11 +264,11 @@ def main(argv):
         f"{result['step_ms_median']:.1f} ms/step (median of {FLAGS.repeats}, min "
         f"{result['step_ms_min']:.1f}), compile {result['compile_s']:.1f} s, "
         f"peak host memory {result['peak_host_memory_mib']} MiB")
-  if FLAGS.json:
-    print(json.dumps(result))
+  _print_json(result)
 
 
 if __name__ == '__main__':
+  huge_pages.reexec_with_huge_pages()
   config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
   flags.DEFINE_string('mode', 'infer', f'one of {MODES}')
   flags.DEFINE_integer('batch_size', 1, 'images per step')
