@@ -9,4 +9,4 @@ from effdet_jax.sweep import Sweep, product
 def get_sweep():
   return Sweep(config='configs/shapes.py',
                points=product({'train.learning_rate': [0.08, 0.16, 0.32],
-                               'train.num_steps': [1000, 2000]}))
+                               'train.num_steps': [2000, 3600]}))

@@ -25,8 +25,8 @@ def focal_loss(logits, targets, alpha: float, gamma: float, label_smoothing: flo
   formula, with a hand-written gradient. Over `B x anchors x classes` elements
   autodiff's version shares its exp/log/pow results between the loss and the
   gradient, and XLA's CPU backend then writes each of them to memory rather
-  than recompute it: about 1 s of a 6 s D0 step. Here the loss is one fused
-  pass and the gradient another, each with its own transcendentals.
+  than recompute it (1.2 s of a 6 s D0 step). Here the loss is one fused pass
+  and the gradient nearly one, each with its own transcendentals (0.65 s).
   """
   return _focal_value(logits, targets, alpha, gamma, label_smoothing)
 
@@ -188,4 +188,3 @@ def detection_loss(cls_outputs: Sequence[jnp.ndarray], box_outputs: Sequence[jnp
     result['box_iou_loss'] = jnp.sum(jnp.where(matched, 1 - iou, 0.0)) / (normalizer * 4.0)
     result['loss'] = result['loss'] + iou_loss_weight * result['box_iou_loss']
   return result
-

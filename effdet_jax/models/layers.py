@@ -62,7 +62,7 @@ def _channel_matmul(x: jax.Array, weight: jax.Array) -> jax.Array:
   Its own gradient so the weight's gradient is one `[C, N] x [N, D]` product
   written as such: autodiff's version ends in a transpose that XLA moves onto
   the activation-sized operand, a transposing copy of every activation's
-  gradient in the backward pass (about 6% of a D0 step on CPU).
+  gradient (D0 forward + backward on CPU: 6.6 -> 4.5 s at batch 8).
   """
   return jnp.einsum('bhwc,cd->bhwd', x, weight)
 
@@ -132,7 +132,7 @@ def _shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arra
   Its own gradient because autodiff makes the kernel's gradient one reduction
   over the whole activation per tap (9 or 25 passes over memory); one pass per
   output row, all taps at once while the row is in cache, is about 3x faster on
-  CPU, and the step's time is dominated by these gradients.
+  CPU (D0 forward + backward: 9.8 -> 6.6 s at batch 8).
   """
   return _shifted_sum(x, kernel, stride)
 
