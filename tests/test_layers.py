@@ -18,7 +18,6 @@ def test_depthwise_formulations_agree(size, kernel, stride):
   np.testing.assert_allclose(shifted, native, atol=1e-5, rtol=1e-5)
 
 
-
 @pytest.mark.parametrize('size,kernel,stride', [
     ((16, 16), 3, 1), ((15, 17), 5, 2), ((7, 7), 3, 2)])
 def test_depthwise_gradients_agree(size, kernel, stride):

@@ -35,12 +35,18 @@ def _focal_value(logits, targets, alpha, gamma, label_smoothing):
   e = jnp.exp(-jnp.abs(logits))
   inv = 1.0 / (1.0 + e)
   prob = jnp.where(logits >= 0, inv, e * inv)                 # sigmoid(logits)
-  q = targets * (1.0 - prob) + (1.0 - targets) * prob          # 1 - p_t
-  alpha_factor = targets * alpha + (1.0 - targets) * (1.0 - alpha)
-  smoothed = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+  q, alpha_factor, smoothed = _target_terms(prob, targets, alpha, label_smoothing)
   # Stable sigmoid cross-entropy: max(x, 0) - x * z + log(1 + exp(-|x|)).
   ce = jnp.maximum(logits, 0) - logits * smoothed + jnp.log1p(e)
   return alpha_factor * _power(q, gamma) * ce
+
+
+def _target_terms(prob, targets, alpha, label_smoothing):
+  """`1 - p_t`, `alpha_t` and the smoothed targets."""
+  q = targets * (1.0 - prob) + (1.0 - targets) * prob
+  alpha_factor = targets * alpha + (1.0 - targets) * (1.0 - alpha)
+  smoothed = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+  return q, alpha_factor, smoothed
 
 
 def _power(q, exponent: float):
@@ -63,9 +69,7 @@ def _focal_bwd(alpha, gamma, label_smoothing, residuals, grad):
   # The barrier keeps XLA from merging these exp/log with the forward pass's.
   logits, targets = jax.lax.optimization_barrier(residuals)
   prob = jax.nn.sigmoid(logits)
-  q = targets * (1.0 - prob) + (1.0 - targets) * prob
-  alpha_factor = targets * alpha + (1.0 - targets) * (1.0 - alpha)
-  smoothed = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+  q, alpha_factor, smoothed = _target_terms(prob, targets, alpha, label_smoothing)
   ce = jnp.maximum(logits, 0) - logits * smoothed + jnp.log1p(jnp.exp(-jnp.abs(logits)))
   q_pow = _power(q, gamma - 1.0)
   d_q = (1.0 - 2.0 * targets) * prob * (1.0 - prob)

@@ -68,7 +68,7 @@ def _channel_matmul(x: jax.Array, weight: jax.Array) -> jax.Array:
 
 
 def _channel_matmul_fwd(x, weight):
-  return _channel_matmul(x, weight), (x, weight)
+  return jnp.einsum('bhwc,cd->bhwd', x, weight), (x, weight)
 
 
 def _channel_matmul_bwd(residuals, grad):
@@ -82,6 +82,16 @@ def _channel_matmul_bwd(residuals, grad):
 _channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
 
 
+def _pad_same(x: jax.Array, kh: int, kw: int, stride: int) -> jax.Array:
+  """`x` with TF `SAME` padding, its size rounded up to a multiple of the
+  stride (the extra rows and columns are never read)."""
+  (top, bottom) = same_padding(x.shape[1], kh, stride)
+  (left, right) = same_padding(x.shape[2], kw, stride)
+  bottom += -(x.shape[1] + top + bottom) % stride
+  right += -(x.shape[2] + left + right) % stride
+  return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+
 def _taps(x: jax.Array, kh: int, kw: int, stride: int):
   """The input window under each kernel tap (i, j), row-major, for TF `SAME`.
 
@@ -90,12 +100,7 @@ def _taps(x: jax.Array, kh: int, kw: int, stride: int):
   """
   out_h = -(-x.shape[1] // stride)
   out_w = -(-x.shape[2] // stride)
-  (top, bottom) = same_padding(x.shape[1], kh, stride)
-  (left, right) = same_padding(x.shape[2], kw, stride)
-  # Round the padded size up to a multiple of the stride; the extra rows are never read.
-  bottom += -(x.shape[1] + top + bottom) % stride
-  right += -(x.shape[2] + left + right) % stride
-  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  xp = _pad_same(x, kh, kw, stride)
   batch, height, width, channels = xp.shape
   phases = xp.reshape(batch, height // stride, stride, width // stride, stride, channels)
   for i in range(kh):
@@ -158,9 +163,7 @@ def _depthwise_kernel_grad(x: jax.Array, grad: jax.Array, kernel_hw: Tuple[int, 
   batch-sharded step reduces across devices once, not once per row."""
   kh, kw = kernel_hw
   _, out_h, out_w, channels = grad.shape
-  (top, bottom) = same_padding(x.shape[1], kh, stride)
-  (left, right) = same_padding(x.shape[2], kw, stride)
-  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  xp = _pad_same(x, kh, kw, stride)
 
   def row(acc, h):
     rows = jax.lax.dynamic_slice_in_dim(xp, h * stride, kh, axis=1)
