@@ -21,6 +21,9 @@ Modes:
   train  the full jitted train step (forward, on-device anchor targets, loss,
          backward, clipping, SGD, EMA) on a device-resident batch of random
          images with 8 random boxes each, state donated as in training.
+  compile  cold compiles of that train step (persistent cache off, in-memory
+         caches cleared each repeat), split into tracing, lowering and XLA's
+         compilation; `images_per_sec` is null.
 """
 import json
 import os
@@ -38,7 +41,7 @@ from effdet_jax.convert import init_variables
 from effdet_jax.models import build_model, image_hw, inference, layers
 
 FLAGS = flags.FLAGS
-MODES = ('infer', 'postprocess', 'input', 'train', 'saved_model')
+MODES = ('infer', 'postprocess', 'input', 'train', 'compile', 'saved_model')
 
 
 def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
@@ -118,10 +121,12 @@ def benchmark_input(config, batch_size: int, repeats: int, warmup: int, threads:
           'boxes_per_image': round(float(np.mean(np.sum(batch['classes'] >= 0, axis=1))), 1),
           'targets_ms_per_batch': assign['step_ms_median'], 'compile_s': assign['compile_s'],
           'backend': jax.default_backend(),
-          'peak_host_memory_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+          'peak_host_memory_mib': _peak_host_memory_mib()}
 
 
-def benchmark_train(config, batch_size: int, repeats: int, warmup: int):
+def _train_step_and_inputs(config, batch_size: int):
+  """The jitted train step (state donated, as in training) and arguments for it: fresh
+  state and a batch of random images with 8 random boxes each."""
   from effdet_jax import optim  # pylint: disable=g-import-not-at-top
   from effdet_jax.train_step import batch_spec, create_state, make_train_step  # pylint: disable=g-import-not-at-top
   variables = init_variables(config, jax.random.PRNGKey(0))
@@ -140,6 +145,18 @@ def benchmark_train(config, batch_size: int, repeats: int, warmup: int):
            'image_valid': jnp.ones((batch_size,), bool)}
   segments = jnp.asarray(layout.segment_ids())
   state = jax.jit(lambda v: create_state(v, layout))(variables)   # distinct buffers, all donated
+  return step, (state, batch, segments)
+
+
+def _train_summary(config, batch_size: int, mode: str):
+  return {'mode': mode, 'model': config.model.name, 'batch_size': batch_size,
+          'image_size': list(image_hw(config)), 'precision': config.model.dtype,
+          'conv_impl': layers.resolve_conv_impl(config.model.conv_impl),
+          'backend': jax.default_backend()}
+
+
+def benchmark_train(config, batch_size: int, repeats: int, warmup: int):
+  step, (state, batch, segments) = _train_step_and_inputs(config, batch_size)
   start = time.perf_counter()
   compiled = step.lower(state, batch, segments).compile()
   compile_s = time.perf_counter() - start
@@ -152,12 +169,38 @@ def benchmark_train(config, batch_size: int, repeats: int, warmup: int):
     state = jax.block_until_ready(compiled(state, batch, segments))
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
-  return {'mode': 'train', 'model': config.model.name, 'batch_size': batch_size,
-          'image_size': [height, width], 'precision': config.model.dtype,
-          'images_per_sec': round(batch_size / median, 3), 'step_ms_median': round(median * 1e3, 2),
-          'step_ms_min': round(min(times) * 1e3, 2), 'compile_s': round(compile_s, 2),
-          'backend': jax.default_backend(),
-          'peak_host_memory_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+  return dict(_train_summary(config, batch_size, 'train'),
+              images_per_sec=round(batch_size / median, 3), step_ms_median=round(median * 1e3, 2),
+              step_ms_min=round(min(times) * 1e3, 2), compile_s=round(compile_s, 2),
+              peak_host_memory_mib=_peak_host_memory_mib())
+
+
+def benchmark_compile(config, batch_size: int, repeats: int):
+  """Cold compiles of the train step, each phase timed: tracing the Python (jaxpr),
+  lowering to StableHLO, and XLA's compilation. The persistent compilation cache is
+  turned off and JAX's in-memory caches cleared before each repeat, so every repeat
+  compiles from nothing."""
+  jax.config.update('jax_enable_compilation_cache', False)
+  step, args = _train_step_and_inputs(config, batch_size)
+  phases = {'trace_s': [], 'lower_s': [], 'xla_compile_s': [], 'compile_s': []}
+  for _ in range(repeats):
+    jax.clear_caches()
+    start = time.perf_counter()
+    traced = step.trace(*args)
+    traced_at = time.perf_counter()
+    lowered = traced.lower()
+    lowered_at = time.perf_counter()
+    lowered.compile()
+    done = time.perf_counter()
+    for name, seconds in (('trace_s', traced_at - start), ('lower_s', lowered_at - traced_at),
+                          ('xla_compile_s', done - lowered_at), ('compile_s', done - start)):
+      phases[name].append(seconds)
+  result = dict(_train_summary(config, batch_size, 'compile'), images_per_sec=None,
+                repeats=repeats, peak_host_memory_mib=_peak_host_memory_mib())
+  for name, values in phases.items():
+    result[name] = round(statistics.median(values), 2)
+  result['compile_s_min'] = round(min(phases['compile_s']), 2)
+  return result
 
 
 def benchmark_saved_model(directory: str, batch_size: int, repeats: int, warmup: int,
@@ -190,7 +233,7 @@ def benchmark_saved_model(directory: str, batch_size: int, repeats: int, warmup:
           'step_ms_median': round(step * 1e3, 2), 'step_ms_min': round(min(times) * 1e3, 2),
           'load_s': round(load_s, 2), 'compile_s': round(first_s, 2),
           'backend': 'tensorflow ' + tf.__version__,
-          'peak_host_memory_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+          'peak_host_memory_mib': _peak_host_memory_mib()}
 
 
 def _time(fn, args, batch_size: int, repeats: int, warmup: int):
@@ -207,7 +250,11 @@ def _time(fn, args, batch_size: int, repeats: int, warmup: int):
   step = statistics.median(times)
   return {'images_per_sec': round(batch_size / step, 3), 'step_ms_median': round(step * 1e3, 2),
           'step_ms_min': round(min(times) * 1e3, 2), 'compile_s': round(compile_s, 2),
-          'peak_host_memory_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+          'peak_host_memory_mib': _peak_host_memory_mib()}
+
+
+def _peak_host_memory_mib() -> int:
+  return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def _print_json(result):
@@ -219,16 +266,17 @@ def main(argv):
   del argv
   if FLAGS.mode not in MODES:
     raise app.UsageError(f'--mode must be one of {MODES}, got {FLAGS.mode!r}')
+  repeats = FLAGS.repeats or (3 if FLAGS.mode == 'compile' else 10)
   if FLAGS.mode == 'saved_model':
     if not FLAGS.saved_model:
       raise app.UsageError('--mode saved_model needs --saved_model DIR')
     size = [int(v) for v in FLAGS.image_size.lower().split('x')] if FLAGS.image_size else None
-    result = benchmark_saved_model(FLAGS.saved_model, FLAGS.batch_size, FLAGS.repeats,
+    result = benchmark_saved_model(FLAGS.saved_model, FLAGS.batch_size, repeats,
                                    FLAGS.warmup, size)
     print(f"SavedModel {result['saved_model']} batch {result['batch_size']} "
           f"{result['image_size'][0]}x{result['image_size'][1]} uint8 on {result['backend']}: "
           f"{result['images_per_sec']:.2f} images/s, {result['step_ms_median']:.1f} ms/call "
-          f"(median of {FLAGS.repeats}), first call {result['compile_s']:.1f} s, peak host memory "
+          f"(median of {repeats}), first call {result['compile_s']:.1f} s, peak host memory "
           f"{result['peak_host_memory_mib']} MiB")
     _print_json(result)
     return
@@ -238,7 +286,7 @@ def main(argv):
   if FLAGS.precision:
     config.model.dtype = FLAGS.precision
   if FLAGS.mode == 'input':
-    result = benchmark_input(config, FLAGS.batch_size, FLAGS.repeats, FLAGS.warmup, FLAGS.threads,
+    result = benchmark_input(config, FLAGS.batch_size, repeats, FLAGS.warmup, FLAGS.threads,
                              FLAGS.synthetic_dir)
     print(f"{result['model']} input pipeline ({result['source']}, {result['image_size']} px, jitter "
           f"{config.data.jitter_min}-{config.data.jitter_max}) batch {result['batch_size']}: "
@@ -248,20 +296,29 @@ def main(argv):
           f"{result['peak_host_memory_mib']} MiB")
     _print_json(result)
     return
+  if FLAGS.mode == 'compile':
+    result = benchmark_compile(config, FLAGS.batch_size, repeats)
+    print(f"{result['model']} train step batch {result['batch_size']} {result['precision']} on "
+          f"{result['backend']}: compile {result['compile_s']:.1f} s (median of {repeats}, min "
+          f"{result['compile_s_min']:.1f}): trace {result['trace_s']:.1f} s, lower "
+          f"{result['lower_s']:.1f} s, XLA {result['xla_compile_s']:.1f} s; peak host memory "
+          f"{result['peak_host_memory_mib']} MiB")
+    _print_json(result)
+    return
   if FLAGS.mode == 'train':
-    result = benchmark_train(config, FLAGS.batch_size, FLAGS.repeats, FLAGS.warmup)
+    result = benchmark_train(config, FLAGS.batch_size, repeats, FLAGS.warmup)
     what = f"{result['precision']} full train step"
   elif FLAGS.mode == 'infer':
-    result = benchmark_infer(config, FLAGS.batch_size, FLAGS.repeats, FLAGS.warmup)
+    result = benchmark_infer(config, FLAGS.batch_size, repeats, FLAGS.warmup)
     what = f"{result['precision']} ({result['conv_impl']} convs)"
   else:
-    result = benchmark_postprocess(config, FLAGS.batch_size, FLAGS.repeats, FLAGS.warmup,
+    result = benchmark_postprocess(config, FLAGS.batch_size, repeats, FLAGS.warmup,
                                    FLAGS.per_class)
     what = (f"{result['nms_method']} NMS, {'per class' if result['per_class'] else 'global'}, "
             f"top {result['max_nms_inputs']} inputs")
   print(f"{result['model']} {result['mode']} batch {result['batch_size']} {what} on "
         f"{result['backend']}: {result['images_per_sec']:.2f} images/s, "
-        f"{result['step_ms_median']:.1f} ms/step (median of {FLAGS.repeats}, min "
+        f"{result['step_ms_median']:.1f} ms/step (median of {repeats}, min "
         f"{result['step_ms_min']:.1f}), compile {result['compile_s']:.1f} s, "
         f"peak host memory {result['peak_host_memory_mib']} MiB")
   _print_json(result)
@@ -273,7 +330,7 @@ if __name__ == '__main__':
   flags.DEFINE_string('mode', 'infer', f'one of {MODES}')
   flags.DEFINE_integer('batch_size', 1, 'images per step')
   flags.DEFINE_enum('precision', None, ['float32', 'bfloat16'], 'overrides model.dtype')
-  flags.DEFINE_integer('repeats', 10, 'timed steps')
+  flags.DEFINE_integer('repeats', None, 'timed steps (default 10); compile mode: compiles (default 3)')
   flags.DEFINE_integer('warmup', 2, 'untimed steps after compilation')
   flags.DEFINE_bool('json', False, 'print one JSON object as the last line')
   flags.DEFINE_bool('per_class', False, 'postprocess mode: NMS per class')

@@ -1,0 +1,83 @@
+"""The benchmark tool on the tiny model: every mode runs and reports what it measured."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from processes import ROOT, env
+import tiny_train_config
+
+CONFIG = os.path.join(ROOT, 'tests', 'tiny_train_config.py')
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('tiny_data'))
+  tiny_train_config.write_data(root)
+  return root
+
+
+def _benchmark(data_root, *flags, check=True):
+  out = subprocess.run([sys.executable, '-m', 'effdet_jax.tools.benchmark', '--config',
+                        f'{CONFIG}:{data_root}', '--json', *flags],
+                       cwd=ROOT, env=env(1), capture_output=True, text=True, timeout=600)
+  if not check:
+    return out
+  assert out.returncode == 0, out.stderr[-4000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _check_common(result, mode, batch_size):
+  assert result['mode'] == mode
+  assert result['batch_size'] == batch_size
+  assert result['peak_host_memory_mib'] > 0
+  assert result['compile_s'] > 0
+  assert isinstance(result['huge_pages'], bool)
+
+
+def test_compile_mode_times_each_phase_of_a_cold_compile(data_root):
+  result = _benchmark(data_root, '--mode', 'compile', '--batch_size', '2', '--repeats', '2')
+  _check_common(result, 'compile', 2)
+  assert result['images_per_sec'] is None
+  assert result['repeats'] == 2
+  phases = result['trace_s'] + result['lower_s'] + result['xla_compile_s']
+  for name in ('trace_s', 'lower_s', 'xla_compile_s'):
+    assert result[name] > 0, name
+  # Medians of the phases need not add up to the median total, but they are close.
+  assert abs(phases - result['compile_s']) < 0.25 * result['compile_s'] + 0.05
+  # Repeats compile from nothing: the second is no cache hit.
+  assert result['compile_s_min'] > 0.5 * result['compile_s']
+
+
+def test_train_mode_reports_images_per_second(data_root):
+  result = _benchmark(data_root, '--mode', 'train', '--batch_size', '2', '--repeats', '2',
+                      '--warmup', '1')
+  _check_common(result, 'train', 2)
+  assert result['images_per_sec'] > 0
+  assert result['step_ms_min'] <= result['step_ms_median']
+  assert result['images_per_sec'] == pytest.approx(2e3 / result['step_ms_median'], rel=1e-2)
+  assert result['image_size'] == [64, 64]
+
+
+def test_infer_mode_reports_images_per_second(data_root):
+  result = _benchmark(data_root, '--mode', 'infer', '--batch_size', '2', '--repeats', '2')
+  _check_common(result, 'infer', 2)
+  assert result['images_per_sec'] > 0
+  assert result['chunk_size'] >= 1
+
+
+def test_input_mode_reads_the_configured_dataset(data_root):
+  result = _benchmark(data_root, '--mode', 'input', '--batch_size', '4', '--repeats', '3')
+  _check_common(result, 'input', 4)
+  assert result['source'] == 'coco_json'
+  assert result['images_per_sec'] > 0
+  assert result['boxes_per_image'] > 0
+  assert result['targets_ms_per_batch'] > 0
+
+
+def test_unknown_mode_is_a_usage_error(data_root):
+  out = _benchmark(data_root, '--mode', 'fastest', check=False)
+  assert out.returncode != 0
+  assert "--mode must be one of ('infer', 'postprocess', 'input', 'train', 'compile'" in out.stderr
