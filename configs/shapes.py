@@ -36,6 +36,7 @@ def get_config():
   d.synthetic.num_val = 300
   d.synthetic.image_size = 128
   d.category_scheme = 'contiguous'
+  # At 3600 steps: no jitter AP 0.39, 0.6-1.4 AP 0.45, 0.8-1.2 AP 0.50.
   d.jitter_min, d.jitter_max = 0.8, 1.2
   d.max_instances_per_image = 20
 
