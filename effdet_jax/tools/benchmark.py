@@ -50,12 +50,9 @@ def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
   images = jax.random.normal(jax.random.PRNGKey(1), (batch_size, *image_hw(config), 3))
   forward = jax.jit(lambda v, x: inference.forward(model, v, x))
   result = _time(forward, (variables, images), batch_size, repeats, warmup)
-  result.update({'mode': 'infer', 'model': config.model.name, 'batch_size': batch_size,
-                 'image_size': list(image_hw(config)), 'precision': config.model.dtype,
-                 'conv_impl': layers.resolve_conv_impl(config.model.conv_impl),
-                 'chunk_size': inference.chunk_size_for(config.model.inference_chunk_size,
-                                                        batch_size),
-                 'backend': jax.default_backend(), 'devices': jax.device_count()})
+  result.update(_model_summary(config, batch_size, 'infer'),
+                chunk_size=inference.chunk_size_for(config.model.inference_chunk_size, batch_size),
+                devices=jax.device_count())
   return result
 
 
@@ -148,7 +145,8 @@ def _train_step_and_inputs(config, batch_size: int):
   return step, (state, batch, segments)
 
 
-def _train_summary(config, batch_size: int, mode: str):
+def _model_summary(config, batch_size: int, mode: str):
+  """What was measured: the keys the model-running modes share."""
   return {'mode': mode, 'model': config.model.name, 'batch_size': batch_size,
           'image_size': list(image_hw(config)), 'precision': config.model.dtype,
           'conv_impl': layers.resolve_conv_impl(config.model.conv_impl),
@@ -169,7 +167,7 @@ def benchmark_train(config, batch_size: int, repeats: int, warmup: int):
     state = jax.block_until_ready(compiled(state, batch, segments))
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
-  return dict(_train_summary(config, batch_size, 'train'),
+  return dict(_model_summary(config, batch_size, 'train'),
               images_per_sec=round(batch_size / median, 3), step_ms_median=round(median * 1e3, 2),
               step_ms_min=round(min(times) * 1e3, 2), compile_s=round(compile_s, 2),
               peak_host_memory_mib=_peak_host_memory_mib())
@@ -195,7 +193,7 @@ def benchmark_compile(config, batch_size: int, repeats: int):
     for name, seconds in (('trace_s', traced_at - start), ('lower_s', lowered_at - traced_at),
                           ('xla_compile_s', done - lowered_at), ('compile_s', done - start)):
       phases[name].append(seconds)
-  result = dict(_train_summary(config, batch_size, 'compile'), images_per_sec=None,
+  result = dict(_model_summary(config, batch_size, 'compile'), images_per_sec=None,
                 repeats=repeats, peak_host_memory_mib=_peak_host_memory_mib())
   for name, values in phases.items():
     result[name] = round(statistics.median(values), 2)
