@@ -5,6 +5,8 @@ setup(
     version='0.1.0',
     description='EfficientDet D0-D7x in JAX/Flax: official checkpoints, sharded training, export.',
     packages=find_packages(include=['effdet_jax', 'effdet_jax.*', 'configs', 'configs.*']),
+    # The CPU kernels' sources, compiled on first use (effdet_jax/cpu_kernels/__init__.py).
+    package_data={'effdet_jax.cpu_kernels': ['*.cc', '*.h']},
     python_requires='>=3.10',
     install_requires=[
         'jax>=0.7',

@@ -1,9 +1,11 @@
-"""The CPU formulations (matmul, shifted multiply-adds) equal XLA's convolutions."""
+"""The CPU formulations (matmul, shifted multiply-adds, hand-written gradients) equal
+XLA's convolutions."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from effdet_jax import cpu_kernels
 from effdet_jax.models import layers
 
 
@@ -18,19 +20,27 @@ def test_depthwise_formulations_agree(size, kernel, stride):
   np.testing.assert_allclose(shifted, native, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize('size,kernel,stride', [
-    ((16, 16), 3, 1), ((15, 17), 5, 2), ((7, 7), 3, 2)])
-def test_depthwise_gradients_agree(size, kernel, stride):
-  """The shifted formulation's own gradient equals autodiff of XLA's convolution."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 6))
-  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 6, 1))
-  cotangent = jax.random.normal(jax.random.PRNGKey(2), (2, -(-size[0] // stride),
-                                                         -(-size[1] // stride), 6))
-  grads = {impl: jax.grad(lambda x, w: jnp.sum(layers.depthwise_conv2d(x, w, stride, impl)
-                                               * cotangent), argnums=(0, 1))(x, w)
+@pytest.mark.parametrize('shape,kernel,stride', [
+    ((2, 16, 16, 6), 3, 1), ((2, 15, 17, 6), 5, 2), ((2, 7, 7, 6), 3, 2), ((1, 2, 3, 4), 5, 2),
+    ((1, 1, 1, 4), 3, 2), ((2, 1, 2, 3), 5, 2),      # taps that read only padding
+    ((3, 40, 33, 24), 3, 1), ((3, 41, 30, 24), 5, 2)])   # the last two: split over threads
+def test_depthwise_gradients_agree(shape, kernel, stride):
+  """The shifted formulation's own gradients, with the CPU kernels and with XLA
+  alone, equal autodiff of XLA's convolution."""
+  assert cpu_kernels.targets() is not None, 'the CPU kernels did not build'
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, shape[-1], 1))
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), (shape[0], -(-shape[1] // stride),
+                                                         -(-shape[2] // stride), shape[-1]))
+  grads = {impl: jax.jit(jax.grad(lambda x, w: jnp.sum(layers.depthwise_conv2d(x, w, stride, impl)
+                                                       * cotangent), argnums=(0, 1)))(x, w)
            for impl in ('native', 'matmul')}
-  for shifted, native in zip(grads['matmul'], grads['native']):
-    np.testing.assert_allclose(shifted, native, atol=1e-4, rtol=1e-5)
+  xla_only = layers._xla_depthwise_grads(stride, x, w[..., 0], cotangent)
+  for name, (grad_x, grad_w) in (('cpu kernels', grads['matmul']), ('xla', xla_only)):
+    np.testing.assert_allclose(grad_x, grads['native'][0], atol=1e-4, rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(grad_w.reshape(w.shape), grads['native'][1], atol=1e-3, rtol=1e-5,
+                               err_msg=name)
+
 
 def test_pointwise_formulations_agree():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 12))

@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from effdet_jax import cpu_kernels
 from effdet_jax.detection import box_coder, losses
+from effdet_jax.detection.target_assigner import BACKGROUND, IGNORED
 
 KW = dict(num_classes=3, alpha=0.25, gamma=1.5, delta=0.1, box_loss_weight=50.0)
 
@@ -42,6 +44,26 @@ def test_focal_loss_gradient_matches_autodiff(gamma, label_smoothing):
   plain_value, plain_grad = jax.value_and_grad(total(_plain_focal))(logits)
   np.testing.assert_allclose(value, plain_value, rtol=1e-5)
   np.testing.assert_allclose(grad, plain_grad, rtol=1e-4, atol=1e-6)
+
+@pytest.mark.parametrize('gamma,label_smoothing', [(1.5, 0.0), (2.0, 0.1), (0.0, 0.0), (1.7, 0.0),
+                                                   (0.5, 0.05)])
+def test_cpu_kernel_class_loss_matches_xla(gamma, label_smoothing):
+  """The CPU kernel's loss sum and gradient equal the XLA formulation's, ignored
+  anchors included, for the shortcut gammas (1.5, 2) and the general one."""
+  assert cpu_kernels.targets() is not None, 'the CPU kernels did not build'
+  logits = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4, 2, 7)) * 5
+  logits = logits.at[0, 0, 0, 0, :4].set(jnp.array([40.0, -40.0, 100.0, 0.0]))
+  targets = jax.random.randint(jax.random.PRNGKey(1), (3, 5, 4, 2), 0, 7)
+  targets = jnp.where(jax.random.uniform(jax.random.PRNGKey(2), targets.shape) < 0.5, BACKGROUND,
+                      targets).at[1, 1].set(IGNORED)
+  def value_and_grad(fn):
+    return jax.jit(jax.value_and_grad(lambda x: fn(x, targets, 0.25, gamma, label_smoothing)))(logits)
+  value, grad = value_and_grad(losses.class_loss_sum)
+  xla_value, xla_grad = value_and_grad(losses._xla_class_loss_sum)
+  np.testing.assert_allclose(value, xla_value, rtol=1e-5)
+  np.testing.assert_allclose(grad, xla_grad, rtol=1e-4, atol=1e-6)
+  assert not np.any(np.asarray(grad[1, 1])), 'ignored anchors carry gradient'
+
 
 def test_huber_loss_regions():
   np.testing.assert_allclose(losses.huber_loss(jnp.array([0.05, 0.3]), 0.0, 0.1),

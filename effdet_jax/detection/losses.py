@@ -10,7 +10,9 @@ from typing import Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from effdet_jax import cpu_kernels
 from effdet_jax.detection import box_coder
 from effdet_jax.detection.target_assigner import IGNORED
 
@@ -78,6 +80,55 @@ def _focal_bwd(alpha, gamma, label_smoothing, residuals, grad):
 
 
 focal_loss.defvjp(_focal_fwd, _focal_bwd)
+
+
+def class_loss_sum(logits, targets, alpha: float, gamma: float, label_smoothing: float = 0.0):
+  """The focal loss summed over the anchors not ignored: `logits` `[..., classes]`,
+  `targets` `[...]` int (class, BACKGROUND or IGNORED). On CPU the hand-written
+  kernel where it is built (loss and gradient in one pass), else XLA."""
+  if cpu_kernels.targets() is None:
+    return _xla_class_loss_sum(logits, targets, alpha, gamma, label_smoothing)
+  return _fused_class_loss_sum(logits, targets, alpha, gamma, label_smoothing)
+
+
+def _xla_class_loss_sum(logits, targets, alpha, gamma, label_smoothing):
+  onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
+  loss = focal_loss(logits, onehot, alpha, gamma, label_smoothing)
+  return jnp.sum(jnp.where((targets == IGNORED)[..., None], 0.0, loss))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _fused_class_loss_sum(logits, targets, alpha, gamma, label_smoothing):
+  return _fused_value_and_grad(logits, targets, alpha, gamma, label_smoothing)[0]
+
+
+def _fused_value_and_grad(logits, targets, alpha, gamma, label_smoothing):
+  name = cpu_kernels.targets().focal_loss
+
+  def on_cpu(logits, targets):
+    rows, classes = targets.size, logits.shape[-1]
+    total, grad = jax.ffi.ffi_call(name, (jax.ShapeDtypeStruct((), jnp.float32),
+                                          jax.ShapeDtypeStruct((rows, classes), jnp.float32)))(
+        logits.reshape(rows, classes), targets.reshape(rows).astype(jnp.int32),
+        ignored=np.int32(IGNORED), alpha=np.float32(alpha), gamma=np.float32(gamma),
+        smoothing=np.float32(label_smoothing))
+    return total, grad.reshape(logits.shape)
+
+  def elsewhere(logits, targets):
+    return jax.value_and_grad(_xla_class_loss_sum)(logits, targets, alpha, gamma, label_smoothing)
+
+  return jax.lax.platform_dependent(logits, targets, cpu=on_cpu, default=elsewhere)
+
+
+def _fused_fwd(logits, targets, alpha, gamma, label_smoothing):
+  return _fused_value_and_grad(logits, targets, alpha, gamma, label_smoothing)
+
+
+def _fused_bwd(alpha, gamma, label_smoothing, grad_logits, grad):
+  return grad * grad_logits, None
+
+
+_fused_class_loss_sum.defvjp(_fused_fwd, _fused_bwd)
 
 
 def huber_loss(predictions, targets, delta: float):
@@ -165,10 +216,7 @@ def detection_loss(cls_outputs: Sequence[jnp.ndarray], box_outputs: Sequence[jnp
   cls_loss = box_loss = 0.0
   for logits, targets in zip(cls_outputs, cls_targets):
     logits = logits.astype(jnp.float32).reshape(*targets.shape, num_classes)
-    onehot = jax.nn.one_hot(targets, num_classes, dtype=jnp.float32)
-    loss = focal_loss(logits, onehot, alpha, gamma, label_smoothing)
-    loss = jnp.where((targets == IGNORED)[..., None], 0.0, loss)
-    cls_loss += jnp.sum(loss) / normalizer
+    cls_loss += class_loss_sum(logits, targets, alpha, gamma, label_smoothing) / normalizer
   for outputs, targets in zip(box_outputs, box_targets):
     # As the official: coordinates whose target is exactly 0 carry no loss.
     mask = (targets != 0.0).astype(jnp.float32)
