@@ -94,17 +94,25 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
     grad_norm = jnp.sqrt(jnp.sum(jnp.square(grads)))
     if train.clip_gradients_norm > 0:
       grads = optim.clip_gradients(grads, segments, layout.num_tensors, train.clip_gradients_norm)
+    # A non-finite step changes no weight: 'skip' goes on, 'stop' ends the run on the host.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     learning_rate = schedule(state.step)
+    decay = optim.ema_decay(train.ema_decay, state.step)
+    # The scalars are settled (computed once, into one small array the barrier
+    # keeps XLA from folding away) before the per-parameter updates: XLA:CPU
+    # otherwise fused their arithmetic (the cosine, the loss sum) into each update
+    # loop and evaluated it for every element (demo model, 600k parameters: the
+    # three updates took 10.8 ms per step, now 2.0 ms).
+    settled = jax.lax.optimization_barrier(jnp.stack([finite.astype(jnp.float32), learning_rate,
+                                                      decay]))
+    finite, learning_rate, decay = settled[0] > 0, settled[1], settled[2]
     params, momentum = optim.sgd_momentum(state.params, state.momentum, grads, learning_rate,
                                           train.momentum)
     if train.ema_decay > 0:
-      decay = optim.ema_decay(train.ema_decay, state.step)
       ema_params = optim.ema_update(state.ema_params, params, decay)
       ema_batch_stats = optim.ema_update(state.ema_batch_stats, batch_stats, decay)
     else:
       ema_params, ema_batch_stats = params, batch_stats
-    # A non-finite step changes no weight: 'skip' goes on, 'stop' ends the run on the host.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jnp.where(finite, new, old)
     metrics = dict(aux, loss=loss, learning_rate=learning_rate, grad_norm=grad_norm)
     fresh = state.step % train.log_every_steps == 0
