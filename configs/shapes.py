@@ -44,8 +44,8 @@ def get_config():
   t = config.train
   t.global_batch_size = 16
   # AP (AP50) at lr 0.16: 0.28 (0.44) after 2000 steps, 0.49-0.50 (0.73) after 3600,
-  # 0.54 (0.78) after 4000, 0.51 (0.75) after 4200 at the same final loss (runs differ
-  # by ~0.03); lr 0.08 reached AP 0.11 in 1500 steps, 0.24 AP 0.51 in 3600; weight
+  # 0.54 (0.78) after 4000 (twice, to four digits), 0.51 (0.75) after 4200 at the same
+  # final loss; lr 0.08 reached AP 0.11 in 1500 steps, 0.24 AP 0.51 in 3600; weight
   # decay 1e-5 / 1e-4 AP 0.50 / 0.53 after 4000.
   t.num_steps = 4000
   t.learning_rate = 0.16
