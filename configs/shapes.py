@@ -6,8 +6,9 @@ Writes the synthetic dataset (3000 train / 300 val images of five shape classes,
 at most 128 px a side) under `<workdir>/data` on first use, trains with the
 real pipeline, evaluates with pycocotools on the held-out split, and draws
 predictions (`<workdir>/eval/samples_<step>.png`). Sized for a quarter of an
-hour on 2 CPU cores (14.1 minutes measured on 2026-11-28, data generation and
-compilation included, 0.19-0.20 s per step of 16 images).
+hour on 2 CPU cores (on 2026-11-28: 13.3 minutes from a fresh virtualenv, install,
+data generation and compilation included; 14.1 minutes without the install in a
+slower hour, at 0.19-0.20 s per step of 16 images).
 
 The model is D0's architecture scaled down: the B0 backbone at half width and
 depth, a 48-channel BiFPN of 2 cells (D0: 64 channels, 3 cells) and D0's heads
