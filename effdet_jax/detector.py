@@ -72,7 +72,8 @@ class Detector:
     per_class = config.postprocess.infer_per_class if per_class is None else per_class
     self._mean = np.float32(config.model.mean_rgb)
     self._std = np.float32(config.model.stddev_rgb)
-    self._run = jax.jit(detection_fn(config, per_class))
+    self._run = jax.jit(detection_fn(config, per_class),
+                        compiler_options=inference.compiler_options())
     self._resize = jax.jit(
         lambda image, size: jax.image.resize(image, (*size, 3), 'bilinear', antialias=False),
         static_argnums=1)

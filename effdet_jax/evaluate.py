@@ -134,7 +134,8 @@ class Evaluator:
           num_classes=config.model.num_classes, **nms)
       return detections._asdict(), batch
 
-    self._step = jax.jit(step, out_shardings=parallel.replicated(mesh))
+    self._step = jax.jit(step, out_shardings=parallel.replicated(mesh),
+                         compiler_options=inference.compiler_options())
     self._compiled = None
 
   def _device_batch(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

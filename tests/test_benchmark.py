@@ -59,6 +59,8 @@ def test_train_mode_reports_images_per_second(data_root):
   assert result['step_ms_min'] <= result['step_ms_median']
   assert result['images_per_sec'] == pytest.approx(2e3 / result['step_ms_median'], rel=1e-2)
   assert result['image_size'] == [64, 64]
+  assert result['device'] == 'cpu'
+  assert result['peak_device_memory_mib'] is None   # the CPU allocator keeps no peak
 
 
 def test_infer_mode_reports_images_per_second(data_root):

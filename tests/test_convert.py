@@ -8,7 +8,7 @@ import pytest
 
 from configs.efficientdet import get_config
 from effdet_jax import checkpoint, convert
-from effdet_jax.models import build_model
+from effdet_jax.models import build_model, inference
 from conftest import require_parity
 
 CLASS_SUBSET = [0, 1, 2, 17, 45, 89]
@@ -65,6 +65,22 @@ def test_official_d0_outputs(parity, d0_variables, d0_forward):
   """
   ref = np.load(os.path.join(parity, 'ref_outputs.npz'))
   errors = max_abs_errors(d0_forward(d0_variables, normalized_input(parity)), ref)
+  assert errors[1].max() < 1e-3, errors
+  assert errors[0].max() < 2.5e-3, errors
+
+
+def test_cpu_inference_compiler_options_keep_the_outputs(parity, d0_variables, d0_forward):
+  """The inference step's XLA options (fast math on CPU) against the exact compile."""
+  fast = jax.jit(d0_forward, compiler_options=inference.compiler_options())
+  exact = d0_forward(d0_variables, normalized_input(parity))
+  outputs = fast(d0_variables, normalized_input(parity))
+  pairs = list(zip(jax.tree_util.tree_leaves(outputs), jax.tree_util.tree_leaves(exact)))
+  if inference.compiler_options():   # they reach the compiler: the rounding differs
+    assert any(not np.array_equal(ours, reference) for ours, reference in pairs)
+  for ours, reference in pairs:
+    np.testing.assert_allclose(ours[1], reference[1], atol=2e-5)   # the well-conditioned image
+  ref = np.load(os.path.join(parity, 'ref_outputs.npz'))
+  errors = max_abs_errors(outputs, ref)
   assert errors[1].max() < 1e-3, errors
   assert errors[0].max() < 2.5e-3, errors
 

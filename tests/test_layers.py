@@ -104,3 +104,18 @@ def test_dense_formulations_agree(size, kernel, stride, cin):
   w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, cin, 7))
   np.testing.assert_allclose(layers.conv2d(x, w, stride, 'matmul'),
                              layers.conv2d(x, w, stride, 'native'), atol=1e-4, rtol=1e-5)
+
+
+def test_input_scale_equals_scaling_the_input():
+  """A per-image channel scale folded into the 1x1 kernel (the squeeze-excite gate at inference)."""
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  x = jax.random.normal(keys[0], (2, 5, 7, 6))
+  scale = jax.random.uniform(keys[1], (2, 6))
+  conv = layers.Conv(4, 1, use_bias=False, impl='matmul')
+  variables = conv.init(keys[2], x)
+  np.testing.assert_allclose(conv.apply(variables, x, input_scale=scale),
+                             conv.apply(variables, x * scale[:, None, None, :]),
+                             atol=1e-6, rtol=1e-5)
+  wide = layers.Conv(4, 3, use_bias=False, impl='matmul')
+  with pytest.raises(ValueError, match='1x1 stride-1'):
+    wide.init(keys[2], x, input_scale=scale)

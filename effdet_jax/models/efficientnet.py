@@ -124,10 +124,18 @@ class MBConvBlock(nn.Module):
     x = layers.DepthwiseConv(a.kernel_size, a.stride, self.impl, self.dtype,
                              name='depthwise_conv2d')(x)
     x = layers.activation(bn()(x), self.act_type)
+    gate = None
     if a.se_ratio:
-      x = SqueezeExcite(max(1, int(a.input_filters * a.se_ratio)), self.act_type,
-                        self.impl, self.dtype, name='se')(x)
-    x = bn()(conv1x1(a.output_filters)(x))
+      gate = SqueezeExcite(max(1, int(a.input_filters * a.se_ratio)), self.act_type,
+                           self.impl, self.dtype, name='se')(x)
+    if gate is not None and not train and self.impl == 'matmul':
+      # (x * gate) @ w == x @ (gate * w): scaling each image's weights spares a
+      # pass over the widest activation of the block (CPU inference only; the
+      # training step keeps the product, whose gradients it is tuned for).
+      x = conv1x1(a.output_filters)(x, input_scale=gate)
+    else:
+      x = conv1x1(a.output_filters)(x if gate is None else x * gate[:, None, None, :])
+    x = bn()(x)
     if a.stride == 1 and a.input_filters == a.output_filters:
       if train and self.survival_prob:
         x = layers.drop_connect(x, self.survival_prob, self.make_rng('dropout'))
@@ -136,6 +144,7 @@ class MBConvBlock(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
+  """The per-image channel gate, `[batch, channels]`; the block applies it."""
   reduced_filters: int
   act_type: str
   impl: str
@@ -149,7 +158,7 @@ class SqueezeExcite(nn.Module):
     s = layers.Conv(x.shape[-1], 1, impl=self.impl, dtype=self.dtype,
                     kernel_init=layers.tf_conv_init,
                     name='conv2d_1')(layers.activation(s, self.act_type))
-    return x * nn.sigmoid(s)
+    return nn.sigmoid(s[:, 0, 0, :])
 
 
 class Stem(nn.Module):

@@ -15,7 +15,7 @@ Two formulations compute the same numbers:
 `auto` picks `matmul` on CPU and `native` elsewhere.
 """
 import functools
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -219,10 +219,19 @@ class Conv(nn.Module):
   bias_init: Initializer = nn.initializers.zeros
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, input_scale: Optional[jax.Array] = None):
+    """`input_scale` ([batch, in_channels], 1x1 kernels only): the convolution of
+    `x * input_scale`, computed with each image's kernel scaled instead."""
     k = self.kernel_size
     kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
-    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.impl)
+    if input_scale is None:
+      y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.impl)
+    else:
+      if k != 1 or self.stride != 1:
+        raise ValueError(f'input_scale needs a 1x1 stride-1 convolution, got {k}x{k} stride '
+                         f'{self.stride}')
+      kernels = input_scale[:, :, None].astype(self.dtype) * kernel[0, 0].astype(self.dtype)
+      y = jnp.einsum('bhwc,bcd->bhwd', x.astype(self.dtype), kernels)
     if self.use_bias:
       y = y + self.param('bias', self.bias_init, (self.features,)).astype(self.dtype)
     return y

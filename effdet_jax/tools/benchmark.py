@@ -48,7 +48,8 @@ def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
   model = build_model(config)
   variables = init_variables(config, jax.random.PRNGKey(0))
   images = jax.random.normal(jax.random.PRNGKey(1), (batch_size, *image_hw(config), 3))
-  forward = jax.jit(lambda v, x: inference.forward(model, v, x))
+  forward = jax.jit(lambda v, x: inference.forward(model, v, x),
+                    compiler_options=inference.compiler_options())
   result = _time(forward, (variables, images), batch_size, repeats, warmup)
   result.update(_model_summary(config, batch_size, 'infer'),
                 chunk_size=inference.chunk_size_for(config.model.inference_chunk_size, batch_size),
@@ -150,7 +151,7 @@ def _model_summary(config, batch_size: int, mode: str):
   return {'mode': mode, 'model': config.model.name, 'batch_size': batch_size,
           'image_size': list(image_hw(config)), 'precision': config.model.dtype,
           'conv_impl': layers.resolve_conv_impl(config.model.conv_impl),
-          'backend': jax.default_backend()}
+          'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind}
 
 
 def benchmark_train(config, batch_size: int, repeats: int, warmup: int):
@@ -170,7 +171,8 @@ def benchmark_train(config, batch_size: int, repeats: int, warmup: int):
   return dict(_model_summary(config, batch_size, 'train'),
               images_per_sec=round(batch_size / median, 3), step_ms_median=round(median * 1e3, 2),
               step_ms_min=round(min(times) * 1e3, 2), compile_s=round(compile_s, 2),
-              peak_host_memory_mib=_peak_host_memory_mib())
+              peak_host_memory_mib=_peak_host_memory_mib(),
+              peak_device_memory_mib=_peak_device_memory_mib())
 
 
 def benchmark_compile(config, batch_size: int, repeats: int):
@@ -248,11 +250,18 @@ def _time(fn, args, batch_size: int, repeats: int, warmup: int):
   step = statistics.median(times)
   return {'images_per_sec': round(batch_size / step, 3), 'step_ms_median': round(step * 1e3, 2),
           'step_ms_min': round(min(times) * 1e3, 2), 'compile_s': round(compile_s, 2),
-          'peak_host_memory_mib': _peak_host_memory_mib()}
+          'peak_host_memory_mib': _peak_host_memory_mib(),
+          'peak_device_memory_mib': _peak_device_memory_mib()}
 
 
 def _peak_host_memory_mib() -> int:
   return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _peak_device_memory_mib():
+  """The accelerator allocator's high-water mark; None where the backend keeps none (CPU)."""
+  stats = jax.devices()[0].memory_stats()
+  return round(stats['peak_bytes_in_use'] / 2**20) if stats and 'peak_bytes_in_use' in stats else None
 
 
 def _print_json(result):
@@ -314,11 +323,14 @@ def main(argv):
                                    FLAGS.per_class)
     what = (f"{result['nms_method']} NMS, {'per class' if result['per_class'] else 'global'}, "
             f"top {result['max_nms_inputs']} inputs")
+  device_memory = result.get('peak_device_memory_mib')
   print(f"{result['model']} {result['mode']} batch {result['batch_size']} {what} on "
-        f"{result['backend']}: {result['images_per_sec']:.2f} images/s, "
+        f"{result['backend']} ({jax.devices()[0].device_kind}): "
+        f"{result['images_per_sec']:.2f} images/s, "
         f"{result['step_ms_median']:.1f} ms/step (median of {repeats}, min "
         f"{result['step_ms_min']:.1f}), compile {result['compile_s']:.1f} s, "
-        f"peak host memory {result['peak_host_memory_mib']} MiB")
+        f"peak host memory {result['peak_host_memory_mib']} MiB"
+        + (f", peak device memory {device_memory} MiB" if device_memory is not None else ''))
   _print_json(result)
 
 
