@@ -74,7 +74,8 @@ def benchmark_postprocess(config, batch_size: int, repeats: int, warmup: int, pe
   result = _time(fn, (cls, box), batch_size, repeats, warmup)
   result.update({'mode': 'postprocess', 'model': m.name, 'batch_size': batch_size,
                  'per_class': per_class, 'nms_method': p.nms_method,
-                 'max_nms_inputs': p.max_nms_inputs, 'backend': jax.default_backend()})
+                 'max_nms_inputs': p.max_nms_inputs, 'backend': jax.default_backend(),
+                 'device': jax.devices()[0].device_kind})
   return result
 
 
@@ -325,7 +326,7 @@ def main(argv):
             f"top {result['max_nms_inputs']} inputs")
   device_memory = result.get('peak_device_memory_mib')
   print(f"{result['model']} {result['mode']} batch {result['batch_size']} {what} on "
-        f"{result['backend']} ({jax.devices()[0].device_kind}): "
+        f"{result['backend']} ({result['device']}): "
         f"{result['images_per_sec']:.2f} images/s, "
         f"{result['step_ms_median']:.1f} ms/step (median of {repeats}, min "
         f"{result['step_ms_min']:.1f}), compile {result['compile_s']:.1f} s, "
