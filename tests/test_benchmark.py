@@ -70,13 +70,36 @@ def test_infer_mode_reports_images_per_second(data_root):
   assert result['chunk_size'] >= 1
 
 
-def test_input_mode_reads_the_configured_dataset(data_root):
-  result = _benchmark(data_root, '--mode', 'input', '--batch_size', '4', '--repeats', '3')
+def test_input_mode_reads_the_configured_dataset(data_root, tmp_path):
+  """`source='synthetic'` is resolved as training resolves it: written where the config
+  says, then read as COCO-JSON."""
+  root = str(tmp_path / 'synthetic')
+  result = _benchmark(data_root, '--mode', 'input', '--batch_size', '4', '--repeats', '3',
+                      '--config.data.source=synthetic', f'--config.data.synthetic.root={root}',
+                      '--config.data.synthetic.num_train=8', '--config.data.synthetic.num_val=2',
+                      '--config.data.synthetic.image_size=64')
   _check_common(result, 'input', 4)
   assert result['source'] == 'coco_json'
+  assert len(os.listdir(os.path.join(root, 'train'))) == 8
   assert result['images_per_sec'] > 0
   assert result['boxes_per_image'] > 0
   assert result['targets_ms_per_batch'] > 0
+
+
+def test_ops_mode_times_each_distinct_convolution(data_root):
+  result = _benchmark(data_root, '--mode', 'ops', '--batch_size', '2', '--repeats', '1',
+                      '--warmup', '0', '--config.model.conv_impl=native')
+  _check_common(result, 'ops', 2)
+  assert result['images_per_sec'] is None and result['conv_impl'] == 'native'
+  ops = result['ops']
+  assert all(row['primitive'] == 'conv_general_dilated' for row in ops)
+  assert any('groups' in row['op'] for row in ops)            # the depthwise ones
+  assert len({row['op'] for row in ops}) == len(ops)
+  assert all(row['forward_ms'] > 0 and row['backward_ms'] > 0 for row in ops)
+  costs = [row['count'] * (row['forward_ms'] + row['backward_ms']) for row in ops]
+  assert costs == sorted(costs, reverse=True)
+  assert result['forward_ms_total'] == pytest.approx(
+      sum(row['count'] * row['forward_ms'] for row in ops), abs=1e-2)
 
 
 def test_unknown_mode_is_a_usage_error(data_root):

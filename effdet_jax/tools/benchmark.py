@@ -10,8 +10,10 @@ Modes:
   postprocess  the jitted post-processing (decode, pre-NMS top-k, NMS, clip,
          scale) of random head outputs, global or `--per_class` NMS.
   input  the training input pipeline (read, decode, clean, flip, scale jitter,
-         crop, pad, batch) of `config.data`, or with `--synthetic_dir DIR` of a
-         generated COCO-JSON set of COCO-sized (640 px) JPEGs written there;
+         crop, pad, batch) of `config.data` (`source='synthetic'` is written,
+         once, to `data.synthetic.root`, default `$TMPDIR/effdet_jax_benchmark/
+         data`), or with `--synthetic_dir DIR` of a generated COCO-JSON set of
+         COCO-sized (640 px) JPEGs written there;
          `--threads` caps tf.data's threads. Also times the on-device anchor
          assignment of one of its batches (the train step does it).
   saved_model  an exported TF SavedModel (`--saved_model DIR`, from
@@ -24,11 +26,17 @@ Modes:
   compile  cold compiles of that train step (persistent cache off, in-memory
          caches cleared each repeat), split into tracing, lowering and XLA's
          compilation; `images_per_sec` is null.
+  ops    each distinct convolution and matrix product of the network's
+         inference forward pass on the whole batch (no chunking), timed alone,
+         forward and backward (`op_profile.py`): the layer shapes a slow or
+         hanging step spends its time in. `images_per_sec` is null; `ops`
+         lists them, costliest first.
 """
 import json
 import os
 import resource
 import statistics
+import tempfile
 import time
 
 from absl import app, flags
@@ -41,7 +49,7 @@ from effdet_jax.convert import init_variables
 from effdet_jax.models import build_model, image_hw, inference, layers
 
 FLAGS = flags.FLAGS
-MODES = ('infer', 'postprocess', 'input', 'train', 'compile', 'saved_model')
+MODES = ('infer', 'postprocess', 'input', 'train', 'compile', 'ops', 'saved_model')
 
 
 def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
@@ -55,6 +63,22 @@ def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
                 chunk_size=inference.chunk_size_for(config.model.inference_chunk_size, batch_size),
                 devices=jax.device_count())
   return result
+
+
+def benchmark_ops(config, batch_size: int, repeats: int, warmup: int):
+  from effdet_jax.tools import op_profile  # pylint: disable=g-import-not-at-top
+  model = build_model(config)
+  variables = init_variables(config, jax.random.PRNGKey(0))
+  images = jax.ShapeDtypeStruct((batch_size, *image_hw(config), 3), jnp.float32)
+  ops = op_profile.collect(lambda v, x: model.apply(v, x, train=False), variables, images)
+  rows = op_profile.profile(ops, repeats, warmup)
+  rows.sort(key=lambda r: r['count'] * (r['forward_ms'] + r['backward_ms']), reverse=True)
+  total = lambda key: round(sum(r['count'] * r[key] for r in rows), 3)
+  return dict(_model_summary(config, batch_size, 'ops'), images_per_sec=None, ops=rows,
+              forward_ms_total=total('forward_ms'), backward_ms_total=total('backward_ms'),
+              compile_s=round(sum(r['compile_s'] for r in rows), 2),
+              peak_host_memory_mib=_peak_host_memory_mib(),
+              peak_device_memory_mib=_peak_device_memory_mib())
 
 
 def benchmark_postprocess(config, batch_size: int, repeats: int, warmup: int, per_class: bool):
@@ -90,6 +114,8 @@ def benchmark_input(config, batch_size: int, repeats: int, warmup: int, threads:
     config.data.train.annotations = synthetic.annotation_path(synthetic_dir, 'train')
     config.data.train.images = synthetic.image_dir(synthetic_dir, 'train')
     config.data.categories = ''
+  elif config.data.source == 'synthetic':   # as training does, without its workdir
+    config = synthetic.resolve(config, os.path.join(tempfile.gettempdir(), 'effdet_jax_benchmark'))
   config.train.global_batch_size = batch_size
   dataset = input_pipeline.train_data(config, process_index=0, process_count=1).dataset
   if threads:
@@ -311,6 +337,18 @@ def main(argv):
           f"{result['compile_s_min']:.1f}): trace {result['trace_s']:.1f} s, lower "
           f"{result['lower_s']:.1f} s, XLA {result['xla_compile_s']:.1f} s; peak host memory "
           f"{result['peak_host_memory_mib']} MiB")
+    _print_json(result)
+    return
+  if FLAGS.mode == 'ops':
+    result = benchmark_ops(config, FLAGS.batch_size, repeats, FLAGS.warmup)
+    print(f"{result['model']} batch {result['batch_size']} {result['precision']} "
+          f"({result['conv_impl']} convs) on {result['backend']} ({result['device']}): "
+          f"{len(result['ops'])} distinct ops, each timed alone; summed over the network "
+          f"forward {result['forward_ms_total']:.1f} ms, backward {result['backward_ms_total']:.1f} ms")
+    for row in result['ops'][:10]:
+      print(f"  x{row['count']:<3} {row['op']}: forward {row['forward_ms']:.3f} ms "
+            f"({row['forward_gflops_per_sec']} GFLOP/s, {row['forward_gbytes_per_sec']} GB/s), "
+            f"backward {row['backward_ms']:.3f} ms")
     _print_json(result)
     return
   if FLAGS.mode == 'train':
