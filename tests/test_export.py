@@ -109,6 +109,20 @@ def test_saved_model_gives_the_detectors_detections_without_jax(trained, tmp_pat
       assert_same_detections(e, *(out[f'{signature}/{k}'][i] for k in OUTPUT_KEYS))
 
 
+def test_benchmark_times_the_saved_model(trained):
+  output = trained[3]
+  out = subprocess.run([sys.executable, '-m', 'effdet_jax.tools.benchmark', '--mode', 'saved_model',
+                        '--saved_model', os.path.join(output, 'saved_model'), '--batch_size', '2',
+                        '--repeats', '2', '--warmup', '1', '--json'],
+                       cwd=ROOT, env=env(1), capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result['mode'] == 'saved_model' and result['batch_size'] == 2
+  assert result['image_size'] == list(trained[0].model.image_size)   # the model's input size
+  assert result['images_per_sec'] > 0 and result['load_s'] > 0
+  assert result['compile_s'] == pytest.approx(result['first_call_s'], abs=0.01)   # TF traces then
+
+
 def test_bundle_loads_into_the_detector_with_ema_weights_and_categories(trained, tmp_path):
   config, variables, _, output, _, paths, expected = trained
   bundle = os.path.join(output, 'bundle')

@@ -69,6 +69,7 @@ def test_a_replayed_op_computes_what_the_original_did():
 def test_time_op_reports_both_passes():
   timed = op_profile.time_op(_ops()[0], repeats=2, warmup=1)
   assert timed['forward_ms'] > 0 and timed['backward_ms'] > 0 and timed['compile_s'] > 0
+  assert timed['forward_first_call_ms'] > 0 and timed['backward_first_call_ms'] > 0
   assert timed['forward_gflops_per_sec'] == pytest.approx(
       op_profile.flops(_ops()[0]) / timed['forward_ms'] / 1e6, rel=0.01)
 

@@ -47,6 +47,7 @@ from ml_collections import config_flags
 from effdet_jax import huge_pages
 from effdet_jax.convert import init_variables
 from effdet_jax.models import build_model, image_hw, inference, layers
+from effdet_jax.tools import timing
 
 FLAGS = flags.FLAGS
 MODES = ('infer', 'postprocess', 'input', 'train', 'compile', 'ops', 'saved_model')
@@ -58,7 +59,7 @@ def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
   images = jax.random.normal(jax.random.PRNGKey(1), (batch_size, *image_hw(config), 3))
   forward = jax.jit(lambda v, x: inference.forward(model, v, x),
                     compiler_options=inference.compiler_options())
-  result = _time(forward, (variables, images), batch_size, repeats, warmup)
+  result = _time(forward, (variables, images), batch_size, repeats, warmup, 'inference')
   result.update(_model_summary(config, batch_size, 'infer'),
                 chunk_size=inference.chunk_size_for(config.model.inference_chunk_size, batch_size),
                 devices=jax.device_count())
@@ -95,7 +96,7 @@ def benchmark_postprocess(config, batch_size: int, repeats: int, warmup: int, pe
   fn = jax.jit(lambda c, b: postprocess.postprocess(
       c, b, anchors, jnp.ones(batch_size), image_size=(height, width), num_classes=m.num_classes,
       **postprocess.settings(p, per_class)))
-  result = _time(fn, (cls, box), batch_size, repeats, warmup)
+  result = _time(fn, (cls, box), batch_size, repeats, warmup, 'post-processing')
   result.update({'mode': 'postprocess', 'model': m.name, 'batch_size': batch_size,
                  'per_class': per_class, 'nms_method': p.nms_method,
                  'max_nms_inputs': p.max_nms_inputs, 'backend': jax.default_backend(),
@@ -136,7 +137,7 @@ def benchmark_input(config, batch_size: int, repeats: int, warmup: int, threads:
   targets = jax.jit(lambda b, c, v: target_assigner.batch_targets(
       anchors, b, c, v, sizes, m.num_scales * len(m.aspect_ratios)))
   assign = _time(targets, tuple(jnp.asarray(batch[k]) for k in ('boxes', 'classes', 'image_valid')),
-                 batch_size, repeats, 1)
+                 batch_size, repeats, 1, 'anchor targets')
   cores = threads or os.cpu_count()
   rate = repeats * batch_size / elapsed
   return {'mode': 'input', 'model': m.name, 'batch_size': batch_size,
@@ -183,22 +184,15 @@ def _model_summary(config, batch_size: int, mode: str):
 
 def benchmark_train(config, batch_size: int, repeats: int, warmup: int):
   step, (state, batch, segments) = _train_step_and_inputs(config, batch_size)
-  start = time.perf_counter()
-  compiled = step.lower(state, batch, segments).compile()
-  compile_s = time.perf_counter() - start
-  for _ in range(warmup):
-    state = compiled(state, batch, segments)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+  compiled, compile_s = timing.compile_timed(step, state, batch, segments, label='train step')
+
+  def call():   # the state is donated: each step's output is the next one's input
+    nonlocal state
     state = jax.block_until_ready(compiled(state, batch, segments))
-    times.append(time.perf_counter() - start)
-  median = statistics.median(times)
-  return dict(_model_summary(config, batch_size, 'train'),
-              images_per_sec=round(batch_size / median, 3), step_ms_median=round(median * 1e3, 2),
-              step_ms_min=round(min(times) * 1e3, 2), compile_s=round(compile_s, 2),
-              peak_host_memory_mib=_peak_host_memory_mib(),
+
+  timed = timing.measure(call, repeats, warmup, label='train step')
+  return dict(_model_summary(config, batch_size, 'train'), **_rates(timed, batch_size),
+              compile_s=round(compile_s, 2), peak_host_memory_mib=_peak_host_memory_mib(),
               peak_device_memory_mib=_peak_device_memory_mib())
 
 
@@ -244,41 +238,28 @@ def benchmark_saved_model(directory: str, batch_size: int, repeats: int, warmup:
     image_size = summary['saved_model']['image_size'] or summary['input_size']
   images = tf.constant(np.random.default_rng(0).integers(
       0, 256, (batch_size, *image_size, 3), dtype=np.uint8))
-  start = time.perf_counter()
-  serve(images=images)
-  first_s = time.perf_counter() - start
-  for _ in range(warmup):
-    serve(images=images)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    serve(images=images)['num_detections'].numpy()
-    times.append(time.perf_counter() - start)
-  step = statistics.median(times)
-  return {'mode': 'saved_model', 'saved_model': directory, 'batch_size': batch_size,
-          'image_size': list(image_size), 'images_per_sec': round(batch_size / step, 3),
-          'step_ms_median': round(step * 1e3, 2), 'step_ms_min': round(min(times) * 1e3, 2),
-          'load_s': round(load_s, 2), 'compile_s': round(first_s, 2),
-          'backend': 'tensorflow ' + tf.__version__,
-          'peak_host_memory_mib': _peak_host_memory_mib()}
+  # TF traces and compiles on the first call: that call's time is the "compile".
+  timed = timing.measure(lambda: serve(images=images)['num_detections'].numpy(), repeats,
+                         warmup + 1, label='SavedModel')
+  return dict(_rates(timed, batch_size), mode='saved_model', saved_model=directory,
+              batch_size=batch_size, image_size=list(image_size), load_s=round(load_s, 2),
+              compile_s=round(timed['first_call_s'], 2), backend='tensorflow ' + tf.__version__,
+              peak_host_memory_mib=_peak_host_memory_mib())
 
 
-def _time(fn, args, batch_size: int, repeats: int, warmup: int):
-  start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
-  compile_s = time.perf_counter() - start
-  for _ in range(warmup):
-    jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - start)
-  step = statistics.median(times)
-  return {'images_per_sec': round(batch_size / step, 3), 'step_ms_median': round(step * 1e3, 2),
-          'step_ms_min': round(min(times) * 1e3, 2), 'compile_s': round(compile_s, 2),
-          'peak_host_memory_mib': _peak_host_memory_mib(),
-          'peak_device_memory_mib': _peak_device_memory_mib()}
+def _time(fn, args, batch_size: int, repeats: int, warmup: int, label: str):
+  compiled, compile_s = timing.compile_timed(fn, *args, label=label)
+  timed = timing.measure(lambda: jax.block_until_ready(compiled(*args)), repeats, warmup, label)
+  return dict(_rates(timed, batch_size), compile_s=round(compile_s, 2),
+              peak_host_memory_mib=_peak_host_memory_mib(),
+              peak_device_memory_mib=_peak_device_memory_mib())
+
+
+def _rates(timed, batch_size: int):
+  return {'images_per_sec': round(batch_size / timed['median_s'], 3),
+          'step_ms_median': round(timed['median_s'] * 1e3, 2),
+          'step_ms_min': round(timed['min_s'] * 1e3, 2),
+          'first_call_s': round(timed['first_call_s'], 3)}
 
 
 def _peak_host_memory_mib() -> int:
@@ -367,7 +348,8 @@ def main(argv):
         f"{result['backend']} ({result['device']}): "
         f"{result['images_per_sec']:.2f} images/s, "
         f"{result['step_ms_median']:.1f} ms/step (median of {repeats}, min "
-        f"{result['step_ms_min']:.1f}), compile {result['compile_s']:.1f} s, "
+        f"{result['step_ms_min']:.1f}), compile {result['compile_s']:.1f} s, first call "
+        f"{result['first_call_s']:.2f} s, "
         f"peak host memory {result['peak_host_memory_mib']} MiB"
         + (f", peak device memory {device_memory} MiB" if device_memory is not None else ''))
   _print_json(result)
@@ -380,7 +362,8 @@ if __name__ == '__main__':
   flags.DEFINE_integer('batch_size', 1, 'images per step')
   flags.DEFINE_enum('precision', None, ['float32', 'bfloat16'], 'overrides model.dtype')
   flags.DEFINE_integer('repeats', None, 'timed steps (default 10); compile mode: compiles (default 3)')
-  flags.DEFINE_integer('warmup', 2, 'untimed steps after compilation')
+  flags.DEFINE_integer('warmup', 2, 'calls after compilation left out of the median; the first '
+                       'is always made and timed alone (first_call_s)')
   flags.DEFINE_bool('json', False, 'print one JSON object as the last line')
   flags.DEFINE_bool('per_class', False, 'postprocess mode: NMS per class')
   flags.DEFINE_integer('threads', 0, 'input mode: tf.data threads (0: all cores)')

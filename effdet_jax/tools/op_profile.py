@@ -4,18 +4,20 @@ When a whole step is slow, or never finishes, on some accelerator and
 precision, this names the layer shape to blame: each such operation that the
 forward pass binds runs by itself on random inputs of its shapes and dtypes,
 forward and backward (the gradients of both operands, what training adds),
-with the same parameters (strides, groups, precision). Elementwise work
+with the same parameters (strides, groups, precision). The first call after
+compilation is reported apart: on GPU it is where run-time set-up of a
+library kernel (a cuDNN plan) would show. Elementwise work
 (BatchNorm, activations, the `matmul` formulation's depthwise taps) is fused
 into its neighbours in a real step and is not timed here.
 """
-import statistics
 import sys
-import time
 from typing import Callable, Dict, List, NamedTuple, Sequence
 
 import jax
 import jax.extend.core as jex
 import numpy as np
+
+from effdet_jax.tools import timing
 
 PRIMITIVES = ('conv_general_dilated', 'dot_general')
 
@@ -72,7 +74,8 @@ def flops(op: Op) -> int:
 
 
 def time_op(op: Op, repeats: int, warmup: int, seed: int = 0) -> Dict:
-  """Median forward and backward times (ms) of one op, and their compile time (s)."""
+  """Median forward and backward times (ms) of one op, each one's first call (ms)
+  and their compile time (s)."""
   def forward(*operands):
     return op.primitive.bind(*operands, **op.params)
 
@@ -85,17 +88,11 @@ def time_op(op: Op, repeats: int, warmup: int, seed: int = 0) -> Dict:
   result, compile_s = {}, 0.0
   for name, fn, args in (('forward', forward, operands),
                          ('backward', backward, [cotangent, *operands])):
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s += time.perf_counter() - start
-    for _ in range(warmup):
-      jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(compiled(*args))
-      times.append(time.perf_counter() - start)
-    result[f'{name}_ms'] = round(statistics.median(times) * 1e3, 4)
+    compiled, seconds = timing.compile_timed(jax.jit(fn), *args)
+    compile_s += seconds
+    timed = timing.measure(lambda: jax.block_until_ready(compiled(*args)), repeats, warmup)
+    result[f'{name}_ms'] = round(timed['median_s'] * 1e3, 4)
+    result[f'{name}_first_call_ms'] = round(timed['first_call_s'] * 1e3, 3)
   moved = sum(_bytes(a) for a in (*op.inputs, op.output))
   result['forward_gflops_per_sec'] = _significant(flops(op) / result['forward_ms'] / 1e6)
   result['forward_gbytes_per_sec'] = _significant(moved / result['forward_ms'] / 1e6)
@@ -110,7 +107,8 @@ def profile(ops: Sequence[Op], repeats: int, warmup: int, log=sys.stdout) -> Lis
   for i, op in enumerate(ops):
     print(f'[{i + 1}/{len(ops)}] {describe(op)} (x{op.count}) ...', end=' ', file=log, flush=True)
     timed = time_op(op, repeats, warmup)
-    print(f"forward {timed['forward_ms']:.3f} ms, backward {timed['backward_ms']:.3f} ms",
+    print(f"forward {timed['forward_ms']:.3f} ms (first call {timed['forward_first_call_ms']:.1f}),"
+          f" backward {timed['backward_ms']:.3f} ms (first call {timed['backward_first_call_ms']:.1f})",
           file=log, flush=True)
     rows.append(dict(op=describe(op), primitive=op.primitive.name, count=op.count,
                      dtype=str(op.inputs[0].dtype), gflops=round(flops(op) / 1e9, 4), **timed))
