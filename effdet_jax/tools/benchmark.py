@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from effdet_jax import huge_pages
-from effdet_jax.convert import init_variables
+from effdet_jax.convert import abstract_variables, init_variables
 from effdet_jax.models import build_model, image_hw, inference, layers
 from effdet_jax.tools import timing
 
@@ -69,7 +69,7 @@ def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
 def benchmark_ops(config, batch_size: int, repeats: int, warmup: int):
   from effdet_jax.tools import op_profile  # pylint: disable=g-import-not-at-top
   model = build_model(config)
-  variables = init_variables(config, jax.random.PRNGKey(0))
+  variables = abstract_variables(config)   # shapes are all that tracing needs
   images = jax.ShapeDtypeStruct((batch_size, *image_hw(config), 3), jnp.float32)
   ops = op_profile.collect(lambda v, x: model.apply(v, x, train=False), variables, images)
   rows = op_profile.profile(ops, repeats, warmup)

@@ -105,12 +105,13 @@ def profile(ops: Sequence[Op], repeats: int, warmup: int, log=sys.stdout) -> Lis
   run that hangs shows which op it hangs in."""
   rows = []
   for i, op in enumerate(ops):
-    print(f'[{i + 1}/{len(ops)}] {describe(op)} (x{op.count}) ...', end=' ', file=log, flush=True)
+    name = describe(op)
+    print(f'[{i + 1}/{len(ops)}] {name} (x{op.count}) ...', end=' ', file=log, flush=True)
     timed = time_op(op, repeats, warmup)
     print(f"forward {timed['forward_ms']:.3f} ms (first call {timed['forward_first_call_ms']:.1f}),"
           f" backward {timed['backward_ms']:.3f} ms (first call {timed['backward_first_call_ms']:.1f})",
           file=log, flush=True)
-    rows.append(dict(op=describe(op), primitive=op.primitive.name, count=op.count,
+    rows.append(dict(op=name, primitive=op.primitive.name, count=op.count,
                      dtype=str(op.inputs[0].dtype), gflops=round(flops(op) / 1e9, 4), **timed))
   return rows
 
