@@ -54,9 +54,9 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   m.batch_norm_momentum = 0.99
   m.batch_norm_epsilon = 1e-3
   # Stochastic depth. The official D0 turns it off in the backbone; the other
-  # backbones keep EfficientNet's 0.8. None disables it.
-  m.backbone_survival_prob = None if backbone == 'efficientnet-b0' else 0.8
-  m.head_survival_prob = None
+  # backbones keep EfficientNet's 0.8. 0 disables it.
+  m.backbone_survival_prob = 0.0 if backbone == 'efficientnet-b0' else 0.8
+  m.head_survival_prob = 0.0
   # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
   m.dtype = 'float32'
   # Rematerialization: recompute backbone blocks and BiFPN cells in the backward
@@ -119,7 +119,7 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   config.loss.label_smoothing = 0.0
   config.loss.delta = 0.1               # Huber box loss
   config.loss.box_loss_weight = 50.0
-  config.loss.iou_loss_type = None      # None | 'iou' | 'giou' | 'diou' | 'ciou'
+  config.loss.iou_loss_type = ''        # '' (none) | 'iou' | 'giou' | 'diou' | 'ciou'
   config.loss.iou_loss_weight = 1.0
 
   config.train = ml_collections.ConfigDict()
@@ -138,7 +138,13 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   config.train.clip_gradients_norm = 10.0
   config.train.weight_decay = 4e-5      # L2 on kernels, as the official
   config.train.ema_decay = 0.9998       # 0 disables the EMA
-  # 'float32', or 'bfloat16' compute with float32 weights; the same field as model.dtype.
+  # Which official training code to reproduce where the two differ (docs/training.md):
+  # 'tf1' (det_model_fn.py, TPUEstimator: what trained the released checkpoints)
+  # or 'tf2' (tf2/train_lib.py, Keras): the momentum form, the EMA's first decay,
+  # whether the EMA covers BatchNorm statistics, and whether L2 covers frozen kernels.
+  config.train.official_path = 'tf1'
+  # 'float32'; 'bfloat16' compute with float32 weights; or 'float64' everything, for
+  # numerical checks (effdet_jax/precision.py). The same field as model.dtype.
   precision = ml_collections.FieldReference(config.model.dtype)
   config.model.dtype = precision
   config.train.precision = precision

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from effdet_jax import precision
 from effdet_jax.models import build_model
 
 EMA_SUFFIX = '/ExponentialMovingAverage'
@@ -116,11 +117,17 @@ def _init_input(config: ml_collections.ConfigDict) -> jax.Array:
   return jnp.zeros((1, side, side, 3))
 
 
+def _in_param_dtype(variables, config: ml_collections.ConfigDict):
+  """The variables as the run keeps them: float32, or float64 for a float64 run."""
+  dtype = precision.param_dtype(config.model.dtype)
+  return jax.tree.map(lambda x: x.astype(dtype), variables)
+
+
 def abstract_variables(config: ml_collections.ConfigDict):
   """Shapes of the model's variables, without computing anything."""
   model = build_model(config)
-  return jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), _init_input(config), train=False))
+  return jax.eval_shape(lambda: _in_param_dtype(
+      model.init(jax.random.PRNGKey(0), _init_input(config), train=False), config))
 
 
 def init_variables(config: ml_collections.ConfigDict, rng: jax.Array):
@@ -132,7 +139,8 @@ def init_variables(config: ml_collections.ConfigDict, rng: jax.Array):
   model = build_model(config)
   words = jax.random.key_data(rng).reshape(-1)[:2].astype('uint32')
   key = jax.random.wrap_key_data(jax.numpy.concatenate([words, words[::-1]]), impl='rbg')
-  return jax.jit(lambda k: model.init(k, _init_input(config), train=False))(key)
+  return jax.jit(lambda k: _in_param_dtype(model.init(k, _init_input(config), train=False),
+                                           config))(key)
 
 
 def load_official_checkpoint(path: str, config: ml_collections.ConfigDict, *,
@@ -211,6 +219,16 @@ def load_official_checkpoint(path: str, config: ml_collections.ConfigDict, *,
     raise CheckpointMismatchError('\n'.join(lines))
   logging.info('Loaded %d variables from %s', len(used), prefix)
   return out
+
+
+def official_variables(variables, config: ml_collections.ConfigDict) -> Dict[str, np.ndarray]:
+  """`{'params', 'batch_stats'}` -> `{official checkpoint name: array}`: the inverse
+  of `load_official_checkpoint` (export to the official layout, comparisons)."""
+  named = {}
+  for collection in ('params', 'batch_stats'):
+    for path, value in _flatten(variables.get(collection, {})):
+      named[official_name(collection, path, config.model.backbone)] = np.asarray(value)
+  return named
 
 
 def _lookup(tree, path):

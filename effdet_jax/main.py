@@ -14,7 +14,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from effdet_jax import huge_pages
+from effdet_jax import huge_pages, precision
 
 FLAGS = flags.FLAGS
 MODES = ('train', 'eval', 'train_and_eval')
@@ -60,6 +60,7 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.default_backend())
   config = synthetic.resolve(FLAGS.config, FLAGS.workdir)
+  precision.configure(config)
   if FLAGS.mode == 'eval':
     step, result = evaluate.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
     _summary(result.metrics, step, FLAGS.checkpoint)

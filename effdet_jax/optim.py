@@ -49,7 +49,8 @@ def learning_rate_schedule(peak: float, warmup_init: float, warmup_steps: int,
 
 
 class ParamLayout:
-  """Model variables <-> flat float32 vectors, with per-element masks.
+  """Model variables <-> flat vectors (of the variables' dtype: float32, or
+  float64 for a float64 run), with per-element masks.
 
   `l2` marks what the official regularizes: names ending in `kernel` (conv and
   dense kernels, depthwise and pointwise ones), not biases, BatchNorm or
@@ -58,7 +59,9 @@ class ParamLayout:
   """
 
   def __init__(self, abstract_variables, freeze_regex: str = ''):
-    zeros = lambda tree: jax.tree.map(lambda s: np.zeros(s.shape, np.float32), tree)
+    leaves = jax.tree.leaves(abstract_variables['params'])
+    self.dtype = jnp.dtype(leaves[0].dtype)
+    zeros = lambda tree: jax.tree.map(lambda s: np.zeros(s.shape, self.dtype), tree)
     params = zeros(abstract_variables['params'])
     _, self._unravel_params = ravel_pytree(params)
     stats, self._unravel_stats = ravel_pytree(zeros(abstract_variables.get('batch_stats', {})))
@@ -93,11 +96,11 @@ class ParamLayout:
 
   def flatten(self, variables):
     """`{'params', 'batch_stats'}` -> (params vector, batch-stats vector)."""
-    return (ravel_pytree(variables['params'])[0].astype(jnp.float32),
+    return (ravel_pytree(variables['params'])[0].astype(self.dtype),
             self.flatten_stats(variables.get('batch_stats', {})))
 
   def flatten_stats(self, batch_stats) -> jnp.ndarray:
-    return ravel_pytree(batch_stats)[0].astype(jnp.float32)
+    return ravel_pytree(batch_stats)[0].astype(self.dtype)
 
   def variables(self, params, batch_stats):
     return {'params': self._unravel_params(params), 'batch_stats': self._unravel_stats(batch_stats)}
@@ -117,16 +120,49 @@ def clip_gradients(grads: jnp.ndarray, segments: jnp.ndarray, num_tensors: int,
   return grads * jnp.minimum(1.0, max_norm / jnp.maximum(total, 1e-30))
 
 
-def sgd_momentum(params, momentum, grads, learning_rate, beta: float):
-  """TF's MomentumOptimizer: accum = beta * accum + grad; param -= lr * accum."""
+OFFICIAL_PATHS = ('tf1', 'tf2')
+
+
+def check_official_path(path: str) -> str:
+  if path not in OFFICIAL_PATHS:
+    raise ValueError(f'config.train.official_path must be one of {OFFICIAL_PATHS}, got {path!r}')
+  return path
+
+
+def l2_per_tensor(layout: 'ParamLayout', official_path: str) -> np.ndarray:
+  """Which tensors the L2 loss covers: every kernel (TF1's `det_model_fn` sums
+  over all trainable variables, frozen ones too) or only the trained ones (TF2's
+  `train_lib` sums over the variables it updates)."""
+  if check_official_path(official_path) == 'tf2':
+    return layout.tensor_l2 * layout.tensor_trainable
+  return layout.tensor_l2
+
+
+def sgd_momentum(params, momentum, grads, learning_rate, beta: float, official_path: str):
+  """SGD with momentum in the official form; `momentum` is the optimizer's slot.
+
+  - 'tf1', TF1 `MomentumOptimizer`: accum = beta * accum + grad; param -= lr * accum.
+  - 'tf2', Keras `SGD`: v = beta * v - lr * grad; param += v.
+  They agree while the learning rate is constant and differ when it changes
+  (warm-up, decay): TF1's accumulated gradients are scaled by the current rate,
+  Keras' velocity keeps the rates its gradients were taken with.
+  """
+  if check_official_path(official_path) == 'tf2':
+    velocity = beta * momentum - learning_rate * grads
+    return params + velocity, velocity
   momentum = beta * momentum + grads
   return params - learning_rate * momentum, momentum
 
 
-def ema_decay(base: float, step: jnp.ndarray) -> jnp.ndarray:
-  """The official dynamic decay: min(decay, (1 + step) / (10 + step)), so early
-  averages are not dominated by the random initialization."""
+def ema_decay(base: float, step: jnp.ndarray, official_path: str) -> jnp.ndarray:
+  """The official dynamic decay min(decay, (1 + t) / (10 + t)), so early averages
+  are not dominated by the initialization. `step` is the number of updates made
+  before this one. TF2's tf-addons `MovingAverage` takes t = step (0.1 at the
+  first update); TF1's `ExponentialMovingAverage(num_updates=global_step)` runs
+  after the update has incremented the global step, t = step + 1 (2/11)."""
   step = jnp.asarray(step, jnp.float32)
+  if check_official_path(official_path) == 'tf1':
+    step = step + 1.0
   return jnp.minimum(base, (1.0 + step) / (10.0 + step))
 
 

@@ -19,7 +19,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 import tensorflow as tf
 
-from effdet_jax import checkpoint, convert, evaluate, optim, parallel
+from effdet_jax import checkpoint, convert, evaluate, optim, parallel, precision
 from effdet_jax.data import categories as categories_lib, input_pipeline
 from effdet_jax.metrics_writer import MetricsWriter
 from effdet_jax.train_step import METRICS, TrainState, create_state, make_train_step
@@ -91,6 +91,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   `stop_at_step` ends this run early (saving a checkpoint) without changing the schedule.
   `with_eval` evaluates the EMA weights every `train.eval_every_steps` and at the end.
   """
+  precision.configure(config)
   mesh = parallel.create_mesh(config.model_parallelism)
   parallel.check_global_batch(config.train.global_batch_size, mesh)
   batch_sharding = parallel.batch_sharding(mesh)

@@ -25,7 +25,7 @@ METRICS = ('loss', 'det_loss', 'cls_loss', 'box_loss', 'l2_loss', 'learning_rate
 @flax.struct.dataclass
 class TrainState:
   step: jnp.ndarray
-  params: jnp.ndarray            # [P] float32
+  params: jnp.ndarray            # [P] float32 (float64 for a float64 run)
   momentum: jnp.ndarray          # [P]
   batch_stats: jnp.ndarray       # [S] BatchNorm moving means and variances
   ema_params: jnp.ndarray
@@ -51,7 +51,7 @@ def create_state(variables, layout: optim.ParamLayout) -> TrainState:
   return TrainState(
       step=jnp.zeros([], jnp.int32), params=params, momentum=jnp.zeros_like(params),
       batch_stats=batch_stats, ema_params=params, ema_batch_stats=batch_stats,
-      metric_sums={k: jnp.zeros([], jnp.float32) for k in METRICS},
+      metric_sums={k: jnp.zeros([], layout.dtype) for k in METRICS},
       metric_count=jnp.zeros([], jnp.int32), first_nonfinite_step=jnp.full([], -1, jnp.int32),
       skipped_steps=jnp.zeros([], jnp.int32))
 
@@ -65,6 +65,8 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
   level_shapes = anchors_lib.feature_sizes(image_hw(config), m.max_level)[m.min_level:]
   num_anchors = m.num_scales * len(m.aspect_ratios)
   base_rng = jax.random.PRNGKey(config.seed)
+  path = optim.check_official_path(train.official_path)
+  l2_tensors = optim.l2_per_tensor(layout, path)
 
   def loss_fn(params, batch_stats, batch, rng, segments):
     (cls_outputs, box_outputs), updated = model.apply(
@@ -78,7 +80,7 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
         box_loss_weight=loss_cfg.box_loss_weight, label_smoothing=loss_cfg.label_smoothing,
         iou_loss_type=loss_cfg.iou_loss_type, iou_loss_weight=loss_cfg.iou_loss_weight,
         anchors=anchors)
-    l2 = optim.l2_loss(params, layout.per_element(layout.tensor_l2, segments), train.weight_decay)
+    l2 = optim.l2_loss(params, layout.per_element(l2_tensors, segments), train.weight_decay)
     aux = {'det_loss': det['loss'], 'cls_loss': det['cls_loss'], 'box_loss': det['box_loss'],
            'l2_loss': l2, 'num_positives': jnp.mean(num_positives),
            'batch_stats': layout.flatten_stats(updated['batch_stats'])}
@@ -97,7 +99,7 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
     # A non-finite step changes no weight: 'skip' goes on, 'stop' ends the run on the host.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     learning_rate = schedule(state.step)
-    decay = optim.ema_decay(train.ema_decay, state.step)
+    decay = optim.ema_decay(train.ema_decay, state.step, path)
     # The scalars are settled (computed once, into one small array the barrier
     # keeps XLA from folding away) before the per-parameter updates: XLA:CPU
     # otherwise fused their arithmetic (the cosine, the loss sum) into each update
@@ -107,12 +109,13 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
                                                       decay]))
     finite, learning_rate, decay = settled[0] > 0, settled[1], settled[2]
     params, momentum = optim.sgd_momentum(state.params, state.momentum, grads, learning_rate,
-                                          train.momentum)
+                                          train.momentum, path)
+    ema_params, ema_batch_stats = params, batch_stats
     if train.ema_decay > 0:
       ema_params = optim.ema_update(state.ema_params, params, decay)
-      ema_batch_stats = optim.ema_update(state.ema_batch_stats, batch_stats, decay)
-    else:
-      ema_params, ema_batch_stats = params, batch_stats
+      # TF1 averages the BatchNorm statistics too; TF2 averages trained variables only.
+      if path == 'tf1':
+        ema_batch_stats = optim.ema_update(state.ema_batch_stats, batch_stats, decay)
     keep = lambda new, old: jnp.where(finite, new, old)
     metrics = dict(aux, loss=loss, learning_rate=learning_rate, grad_norm=grad_norm)
     fresh = state.step % train.log_every_steps == 0

@@ -1,5 +1,6 @@
 """Anchors in the official order and the official box coding."""
 from hypothesis import given, settings, strategies as st
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -54,3 +55,29 @@ def test_decode_survives_huge_scales():
   anchor = jnp.array([[0.0, 0.0, 32.0, 32.0]])
   out = box_coder.decode(jnp.array([[0.0, 0.0, 1e4, 1e4]]), anchor)
   assert np.isfinite(out).all()
+
+
+def _official_encode(boxes, anchors):
+  """The official FasterRcnnBoxCoder in IEEE float32 (numpy: no fused or reciprocal tricks),
+  the location terms only (the log is libm's, which differs from TF's by an ulp)."""
+  def center_size(b):
+    h, w = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+    return b[..., 0] + h / np.float32(2), b[..., 1] + w / np.float32(2), h, w
+  yc, xc, _, _ = center_size(boxes)
+  yca, xca, ha, wa = center_size(anchors)
+  return np.stack([(yc - yca) / ha, (xc - xca) / wa], -1)
+
+
+def test_encode_rounds_as_the_official_under_jit_and_vmap():
+  """Division by a constant or broadcast operand is not rewritten into a reciprocal
+  product (XLA does that, 1-2 ulp off) wherever the coder runs."""
+  rng = np.random.default_rng(0)
+  corner = rng.uniform(0, 200, (3, 500, 2)).astype(np.float32)
+  boxes = np.concatenate([corner, corner + rng.uniform(1, 100, (3, 500, 2)).astype(np.float32)], -1)
+  anchor_set = jnp.asarray(anchors.anchors_for(get_config('d0'))[:500])
+  want = _official_encode(boxes, np.asarray(anchor_set))
+  as_constant = jax.jit(lambda b: box_coder.encode(b, anchor_set))(boxes)
+  batched = jax.jit(jax.vmap(box_coder.encode))(
+      boxes, jnp.broadcast_to(anchor_set, (3,) + anchor_set.shape))
+  for got in (as_constant, batched):
+    np.testing.assert_array_equal(np.asarray(got)[..., :2], want)

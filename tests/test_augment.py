@@ -76,3 +76,21 @@ def test_pad_to_cuts_and_pads():
   values = tf.constant([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
   assert augment.pad_to(values, 2, 0).numpy().tolist() == [[1, 2], [3, 4]]
   assert augment.pad_to(values, 4, -1).numpy().tolist()[-1] == [-1, -1]
+
+
+@pytest.mark.parametrize('dtype', [tf.float32, tf.float64])
+def test_scale_one_is_exactly_the_normalized_image_in_its_dtype(dtype):
+  """No jitter at the model size: the pixels as normalized, no resampling (in
+  float64 too, which tf.image.resize would round to float32)."""
+  pixels = np.random.default_rng(0).integers(0, 256, (*OUT, 3), np.uint8)
+  boxes = tf.constant([[10.0, 20.0, 50.0, 60.0]])
+  image, out_boxes, _ = augment.train_transform(
+      pixels, boxes, tf.constant([1]), OUT, tf.constant([1, 2], tf.int64), False, 1.0, 1.0,
+      MEAN, STD, dtype)
+  assert image.dtype == dtype
+  want = (pixels.astype(np.float64) - np.float32(MEAN).astype(np.float64)) / \
+      np.float32(STD).astype(np.float64)
+  if dtype == tf.float32:
+    want = (pixels.astype(np.float32) - np.float32(MEAN)) / np.float32(STD)
+  np.testing.assert_array_equal(image.numpy(), want)
+  np.testing.assert_array_equal(out_boxes.numpy(), boxes.numpy())

@@ -15,7 +15,7 @@ def test_official_settings_per_size():
   d0 = efficientdet.get_config('d0').model
   assert (d0.backbone, d0.image_size, d0.fpn_num_filters, d0.fpn_cell_repeats,
           d0.box_class_repeats) == ('efficientnet-b0', (512, 512), 64, 3, 3)
-  assert d0.fpn_weight_method == 'fastattn' and d0.backbone_survival_prob is None
+  assert d0.fpn_weight_method == 'fastattn' and d0.backbone_survival_prob == 0.0
   assert (d0.min_level, d0.max_level, d0.num_classes, d0.anchor_scale) == (3, 7, 90, 4.0)
   assert (d0.batch_norm_momentum, d0.batch_norm_epsilon, d0.act_type) == (0.99, 1e-3, 'swish')
   d6 = efficientdet.get_config('d6').model
@@ -74,3 +74,45 @@ def test_shipped_sweeps_expand(tmp_path):
   counts = {os.path.basename(f): len(sweep.expand(sweep.load_sweep(f), str(tmp_path), f))
             for f in files}
   assert counts == {'d0_coco.py': 4, 'shapes_lr.py': 6}
+
+
+def _another_value(value):
+  """A value of the same type as `value`, different from it, and its command-line text."""
+  if isinstance(value, bool):
+    return (not value), str(not value)
+  if isinstance(value, int):
+    return value + 1, str(value + 1)
+  if isinstance(value, float):
+    return value + 0.5, repr(value + 0.5)
+  if isinstance(value, str):
+    return value + 'x', value + 'x'
+  if isinstance(value, tuple):
+    new = tuple(_another_value(v)[0] for v in value) if value else (0.5, 0.5)
+    return new, repr(new)
+  raise AssertionError(f'no command-line form for {value!r}')
+
+
+CONFIG_FILES = [(efficientdet.__file__, name) for name in efficientdet.MODEL_NAMES] + [
+    (os.path.join(os.path.dirname(efficientdet.__file__), 'shapes.py'), ''),
+    (finetune.__file__, 'd0')]
+
+
+@pytest.mark.parametrize('path,arg', CONFIG_FILES, ids=lambda v: os.path.basename(str(v)))
+def test_every_field_can_be_set_from_the_command_line(path, arg):
+  spec = f'{path}:{arg}' if arg else path
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv, sys_argv=['prog'])
+  fv(['prog', f'--config={spec}'])
+  leaves = traverse_util.flatten_dict(fv.config.to_dict())
+  wanted, argv = {}, ['prog', f'--config={spec}']
+  for key, value in leaves.items():
+    new, text = _another_value(value)
+    wanted[key] = new
+    argv.append(f'--config.{".".join(key)}={text}')
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv, sys_argv=argv)
+  fv(argv)
+  got = traverse_util.flatten_dict(fv.config.to_dict())
+  assert got.keys() == wanted.keys()
+  for key, value in wanted.items():
+    assert got[key] == value, key

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effdet_jax import cpu_kernels
+from effdet_jax import cpu_kernels, precision
 from effdet_jax.models import layers
 
 
@@ -92,7 +92,7 @@ def test_bad_settings_are_named():
   with pytest.raises(ValueError, match='conv_impl'):
     layers.resolve_conv_impl('fast')
   with pytest.raises(ValueError, match='model.dtype'):
-    layers.dtype_of('float16')
+    precision.compute_dtype('float16')
   with pytest.raises(ValueError, match='act_type'):
     layers.activation(jnp.zeros(1), 'gelu')
 

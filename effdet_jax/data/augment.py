@@ -13,9 +13,13 @@ from typing import Sequence, Tuple
 import tensorflow as tf
 
 
-def normalize(pixels: tf.Tensor, mean_rgb: Sequence[float], stddev_rgb: Sequence[float]) -> tf.Tensor:
-  image = tf.cast(pixels, tf.float32)
-  return (image - tf.constant(mean_rgb, tf.float32)) / tf.constant(stddev_rgb, tf.float32)
+def normalize(pixels: tf.Tensor, mean_rgb: Sequence[float], stddev_rgb: Sequence[float],
+              dtype: tf.DType = tf.float32) -> tf.Tensor:
+  """`(pixels - mean) / stddev` in `dtype` (float32, or float64 for a float64 run)
+  with the official float32 constants."""
+  image = tf.cast(pixels, dtype)
+  mean = tf.cast(tf.constant(mean_rgb, tf.float32), dtype)
+  return (image - mean) / tf.cast(tf.constant(stddev_rgb, tf.float32), dtype)
 
 
 def flip_left_right(image: tf.Tensor, boxes: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -25,7 +29,12 @@ def flip_left_right(image: tf.Tensor, boxes: tf.Tensor) -> Tuple[tf.Tensor, tf.T
 
 
 def _resize_crop_pad(image, scaled_hw, offset, output_size):
-  resized = tf.image.resize(image, scaled_hw, method='bilinear')
+  # At scale 1 the bilinear resize is the identity: skipped, which keeps a float64
+  # image float64 (tf.image.resize computes in float32).
+  unchanged = tf.reduce_all(tf.equal(tf.shape(image)[:2], scaled_hw))
+  resized = tf.cond(unchanged, lambda: image,
+                    lambda: tf.cast(tf.image.resize(image, scaled_hw, method='bilinear'),
+                                    image.dtype))
   cropped = resized[offset[0]:offset[0] + output_size[0], offset[1]:offset[1] + output_size[1]]
   return tf.image.pad_to_bounding_box(cropped, 0, 0, output_size[0], output_size[1])
 
@@ -55,11 +64,12 @@ def random_scale(image_hw: tf.Tensor, output_size: Tuple[int, int], jitter_min: 
 
 def train_transform(pixels: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor,
                     output_size: Tuple[int, int], seed: tf.Tensor, hflip: bool,
-                    jitter_min: float, jitter_max: float, mean_rgb, stddev_rgb):
-  """uint8 image + pixel boxes -> model input `[H, W, 3]` float32, boxes, classes
+                    jitter_min: float, jitter_max: float, mean_rgb, stddev_rgb,
+                    dtype: tf.DType = tf.float32):
+  """uint8 image + pixel boxes -> model input `[H, W, 3]` of `dtype`, boxes, classes
   (boxes with nothing left inside the crop removed)."""
   seeds = tf.random.experimental.stateless_split(seed, 3)
-  image = normalize(pixels, mean_rgb, stddev_rgb)
+  image = normalize(pixels, mean_rgb, stddev_rgb, dtype)
   if hflip:
     image, boxes = tf.cond(tf.random.stateless_uniform([], seeds[0]) < 0.5,
                            lambda: flip_left_right(image, boxes), lambda: (image, boxes))

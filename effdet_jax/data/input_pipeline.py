@@ -108,9 +108,8 @@ def train_data(config: ml_collections.ConfigDict, start_step: int = 0,
                source: Optional[Source] = None) -> TrainData:
   """This host's training batches from step `start_step` on.
 
-  Each batch: `image` `[B, H, W, 3]` (float32, or bfloat16 if the model
-  computes in it), `boxes` `[B, M, 4]` in input pixels, `classes` `[B, M]`
-  (-1 padding), `image_valid` `[B]`, `image_id`, and the bad-data counts
+  Each batch: `image` `[B, H, W, 3]` (float32, or the model's bfloat16 or
+  float64), `boxes` `[B, M, 4]` in input pixels, `classes` `[B, M]` (-1 padding), `image_valid` `[B]`, `image_id`, and the bad-data counts
   `images_skipped`, `boxes_dropped`, `boxes_clipped` per image.
   """
   index, count = _process(process_index, process_count)
@@ -137,7 +136,9 @@ def train_data(config: ml_collections.ConfigDict, start_step: int = 0,
   seed = int(config.seed)
   output_size = tuple(config.model.image_size)
   max_instances = data.max_instances_per_image
-  image_dtype = tf.bfloat16 if config.model.dtype == 'bfloat16' else tf.float32
+  image_dtype = tf.as_dtype(config.model.dtype)
+  # Normalized in float32 as the official pipeline (float64 in a float64 run), then cast.
+  augment_dtype = tf.float64 if image_dtype == tf.float64 else tf.float32
   table = cmap.lookup_table()
 
   def epoch(e):
@@ -167,7 +168,7 @@ def train_data(config: ml_collections.ConfigDict, start_step: int = 0,
     image, boxes, classes = augment.train_transform(
         example['pixels'], example['boxes'], example['classes'], output_size, example['seed'],
         data.input_rand_hflip, data.jitter_min, data.jitter_max, config.model.mean_rgb,
-        config.model.stddev_rgb)
+        config.model.stddev_rgb, augment_dtype)
     return {
         'image': tf.ensure_shape(tf.cast(image, image_dtype), [*output_size, 3]),
         'boxes': augment.pad_to(boxes, max_instances, 0.0),

@@ -36,10 +36,12 @@ def generate_anchors(image_size: Tuple[int, int], min_level: int, max_level: int
     boxes = []
     for octave in range(num_scales):
       for aspect in aspect_ratios:
-        scale = anchor_scale * 2 ** (octave / num_scales)
+        # The official float64 arithmetic, in its order: the float32 anchors then
+        # round the same way (targets equal to the last bit).
+        octave_scale = octave / num_scales
         aspect_x = np.sqrt(aspect)
-        half_w = scale * stride_x * aspect_x / 2
-        half_h = scale * stride_y / aspect_x / 2
+        half_w = anchor_scale * stride_x * 2 ** octave_scale * aspect_x / 2.0
+        half_h = anchor_scale * stride_y * 2 ** octave_scale * (1.0 / aspect_x) / 2.0
         boxes.append(np.stack([yv - half_h, xv - half_w, yv + half_h, xv + half_w], axis=-1))
     per_level.append(np.stack(boxes, axis=1).reshape(-1, 4))
   return np.concatenate(per_level).astype(np.float32)

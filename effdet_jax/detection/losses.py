@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effdet_jax import cpu_kernels
+from effdet_jax import cpu_kernels, precision
 from effdet_jax.detection import box_coder
 from effdet_jax.detection.target_assigner import IGNORED
 
@@ -85,8 +85,8 @@ focal_loss.defvjp(_focal_fwd, _focal_bwd)
 def class_loss_sum(logits, targets, alpha: float, gamma: float, label_smoothing: float = 0.0):
   """The focal loss summed over the anchors not ignored: `logits` `[..., classes]`,
   `targets` `[...]` int (class, BACKGROUND or IGNORED). On CPU the hand-written
-  kernel where it is built (loss and gradient in one pass), else XLA."""
-  if cpu_kernels.targets() is None:
+  kernel where it is built (loss and gradient in one pass; float32 only), else XLA."""
+  if cpu_kernels.targets() is None or logits.dtype != jnp.float32:
     return _xla_class_loss_sum(logits, targets, alpha, gamma, label_smoothing)
   return _fused_class_loss_sum(logits, targets, alpha, gamma, label_smoothing)
 
@@ -198,7 +198,7 @@ def detection_loss(cls_outputs: Sequence[jnp.ndarray], box_outputs: Sequence[jnp
                    cls_targets: Sequence[jnp.ndarray], box_targets: Sequence[jnp.ndarray],
                    num_positives: jnp.ndarray, num_classes: int, alpha: float, gamma: float,
                    delta: float, box_loss_weight: float, label_smoothing: float = 0.0,
-                   iou_loss_type: Optional[str] = None, iou_loss_weight: float = 1.0,
+                   iou_loss_type: str = '', iou_loss_weight: float = 1.0,
                    anchors: Optional[jnp.ndarray] = None) -> Dict[str, jnp.ndarray]:
   """The official detection loss over all levels of a batch.
 
@@ -215,18 +215,19 @@ def detection_loss(cls_outputs: Sequence[jnp.ndarray], box_outputs: Sequence[jnp
   normalizer = jnp.sum(num_positives) + 1.0
   cls_loss = box_loss = 0.0
   for logits, targets in zip(cls_outputs, cls_targets):
-    logits = logits.astype(jnp.float32).reshape(*targets.shape, num_classes)
+    logits = precision.at_least_float32(logits).reshape(*targets.shape, num_classes)
     cls_loss += class_loss_sum(logits, targets, alpha, gamma, label_smoothing) / normalizer
   for outputs, targets in zip(box_outputs, box_targets):
     # As the official: coordinates whose target is exactly 0 carry no loss.
-    mask = (targets != 0.0).astype(jnp.float32)
-    box_loss += jnp.sum(huber_loss(outputs.astype(jnp.float32), targets, delta) * mask) / (
+    outputs = precision.at_least_float32(outputs)
+    mask = (targets != 0.0).astype(outputs.dtype)
+    box_loss += jnp.sum(huber_loss(outputs, targets.astype(outputs.dtype), delta) * mask) / (
         normalizer * 4.0)
   result = {'cls_loss': cls_loss, 'box_loss': box_loss,
             'loss': cls_loss + box_loss_weight * box_loss}
   if iou_loss_type:
     if iou_loss_type not in IOU_TYPES:
-      raise ValueError(f'loss.iou_loss_type must be None or one of {IOU_TYPES}, '
+      raise ValueError(f"loss.iou_loss_type must be '' (none) or one of {IOU_TYPES}, "
                        f'got {iou_loss_type!r}')
     if anchors is None:
       raise ValueError('an IoU-family box loss needs the anchors')
@@ -234,7 +235,7 @@ def detection_loss(cls_outputs: Sequence[jnp.ndarray], box_outputs: Sequence[jnp
     flat_out = jnp.concatenate([o.reshape(batch, -1, 4) for o in box_outputs], axis=1)
     flat_tgt = jnp.concatenate([t.reshape(batch, -1, 4) for t in box_targets], axis=1)
     matched = jnp.any(flat_tgt != 0.0, axis=-1)
-    pred = box_coder.decode(flat_out.astype(jnp.float32), anchors)
+    pred = box_coder.decode(precision.at_least_float32(flat_out), anchors)
     target = box_coder.decode(flat_tgt, anchors)
     iou = _iou_terms(pred, target, iou_loss_type)
     result['box_iou_loss'] = jnp.sum(jnp.where(matched, 1 - iou, 0.0)) / (normalizer * 4.0)

@@ -114,8 +114,11 @@ def batch_targets(anchors: jnp.ndarray, boxes: jnp.ndarray, classes: jnp.ndarray
     per-level class targets `[B, H, W, A]`, box targets `[B, H, W, A * 4]`,
     and `num_positives` `[B]`.
   """
-  targets = jax.vmap(lambda b, c: assign(anchors, b, c, c >= 0, match_threshold,
-                                         unmatched_threshold))(boxes, classes)
+  # The anchors go in batched, so that no division in the box coder is by an
+  # operand vmap broadcasts (see box_coder.encode).
+  batched_anchors = jnp.broadcast_to(anchors, (boxes.shape[0],) + anchors.shape)
+  targets = jax.vmap(lambda a, b, c: assign(a, b, c, c >= 0, match_threshold,
+                                            unmatched_threshold))(batched_anchors, boxes, classes)
   cls = jnp.where(image_valid[:, None], targets.cls_targets, IGNORED)
   num_positives = jnp.where(image_valid, targets.num_positives, 0.0)
   split = jax.vmap(lambda v: split_levels(v, level_shapes, num_anchors))

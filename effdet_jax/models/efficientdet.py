@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+from effdet_jax import precision
 from effdet_jax.models import layers
 from effdet_jax.models.bifpn import BiFPN, FPNSettings
 from effdet_jax.models.efficientnet import EfficientNet
@@ -25,7 +26,7 @@ class EfficientDet(nn.Module):
                ) -> Tuple[List[jax.Array], List[jax.Array]]:
     c = self.config
     impl = layers.resolve_conv_impl(c.conv_impl)
-    dtype = layers.dtype_of(c.dtype)
+    dtype = precision.compute_dtype(c.dtype)
     if c.max_level < 5 or c.min_level > 5 or c.min_level < 1:
       raise ValueError(f'model.min_level..max_level must include level 5 and start at >= 1, '
                        f'got {c.min_level}..{c.max_level}')

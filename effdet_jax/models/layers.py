@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effdet_jax import cpu_kernels
+from effdet_jax import cpu_kernels, precision
 
 Initializer = Callable[..., jax.Array]
 CONV_IMPLS = ('auto', 'native', 'matmul')
@@ -77,7 +77,8 @@ def _channel_matmul_bwd(residuals, grad):
   x, weight = residuals
   grad_x = jnp.einsum('bhwd,cd->bhwc', grad, weight)
   grad_w = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1]),
-                               (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+                               (((0,), (0,)), ((), ())),
+                               preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
   return grad_x, grad_w.astype(weight.dtype)
 
 
@@ -188,15 +189,16 @@ def _depthwise_kernel_grad_rows(x: jax.Array, grad: jax.Array, kernel_hw: Tuple[
   kh, kw = kernel_hw
   _, out_h, out_w, channels = grad.shape
   xp = _pad_same(x, kh, kw, stride)
+  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
 
   def row(acc, h):
     rows = jax.lax.dynamic_slice_in_dim(xp, h * stride, kh, axis=1)
     g = jax.lax.dynamic_index_in_dim(grad, h, axis=1, keepdims=False)
     taps = [jnp.sum(rows[:, i, j:j + (out_w - 1) * stride + 1:stride] * g, axis=1,
-                    dtype=jnp.float32) for i, j in np.ndindex(kh, kw)]
+                    dtype=acc_dtype) for i, j in np.ndindex(kh, kw)]
     return acc + jnp.stack(taps, axis=1), None
 
-  init = jnp.zeros((x.shape[0], kh * kw, channels), jnp.float32)
+  init = jnp.zeros((x.shape[0], kh * kw, channels), acc_dtype)
   acc, _ = jax.lax.scan(row, init, jnp.arange(out_h))
   return jnp.sum(acc, axis=0).reshape(kh, kw, channels)
 
@@ -297,7 +299,7 @@ class BatchNorm(nn.Module):
     ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((channels,), jnp.float32))
     if train:
       axes = tuple(range(x.ndim - 1))
-      xf = x.astype(jnp.float32)
+      xf = precision.at_least_float32(x)
       mean = jnp.mean(xf, axes)
       var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
       if not self.is_initializing():
@@ -344,11 +346,3 @@ def resize_nearest(x: jax.Array, height: int, width: int) -> jax.Array:
   rows = np.floor(np.arange(height) * (in_h / height)).astype(np.int32)
   cols = np.floor(np.arange(width) * (in_w / width)).astype(np.int32)
   return x[:, rows][:, :, cols]
-
-
-def dtype_of(name: str):
-  if name not in ('float32', 'bfloat16'):
-    raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {name!r}")
-  return jnp.dtype(name)
-
-

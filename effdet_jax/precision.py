@@ -1,0 +1,45 @@
+"""The numeric precision of a run: what the network computes in, what the weights are kept in.
+
+- `float32`: everything in float32 (the default).
+- `bfloat16`: convolutions and activations in bfloat16, weights, BatchNorm
+  statistics, losses and updates in float32.
+- `float64`: everything in float64, for numerical checks only (comparisons
+  with the official implementation run in float64, tests that claim two runs
+  are equal). It needs JAX's 64-bit mode, which `configure` turns on before
+  anything is traced; on accelerators it is slow or unsupported.
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+PRECISIONS = ('float32', 'bfloat16', 'float64')
+
+
+def _check(name: str) -> str:
+  if name not in PRECISIONS:
+    raise ValueError(f'model.dtype (= train.precision) must be one of {PRECISIONS}, got {name!r}')
+  if name == 'float64' and not jax.config.jax_enable_x64:
+    raise ValueError("train.precision='float64' needs JAX's 64-bit mode: call "
+                     "effdet_jax.precision.configure(config) before building anything")
+  return name
+
+
+def compute_dtype(name: str):
+  """The dtype the network's convolutions and activations run in."""
+  return jnp.dtype(_check(name))
+
+
+def param_dtype(name: str):
+  """The dtype of weights, BatchNorm statistics, losses and optimizer state."""
+  return jnp.dtype('float64' if _check(name) == 'float64' else 'float32')
+
+
+def at_least_float32(x: jax.Array) -> jax.Array:
+  """`x` in float32, or kept in float64 if it is (losses and statistics)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def configure(config: ml_collections.ConfigDict) -> None:
+  """Turn on JAX's 64-bit mode for a float64 run (before anything is traced)."""
+  if config.model.dtype == 'float64' and not jax.config.jax_enable_x64:
+    jax.config.update('jax_enable_x64', True)

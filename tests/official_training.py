@@ -1,0 +1,99 @@
+"""The official train-step reference (`../shared/parity/train-d0/`) as a user meets it:
+its batch written as a COCO-JSON dataset, the command line that trains on it as
+the official run did, and the per-tensor comparison of what three steps changed."""
+import json
+import os
+import sys
+from typing import Dict, List
+
+import numpy as np
+from PIL import Image
+
+from conftest import PARITY
+from processes import ROOT
+
+TRAIN_D0 = os.path.join(PARITY, 'train-d0')
+
+
+def write_dataset(root: str) -> str:
+  """The reference batch's photos (PNG, lossless) and boxes as COCO-JSON; returns the
+  annotation file."""
+  batch = np.load(os.path.join(TRAIN_D0, 'batch.npz'))
+  os.makedirs(os.path.join(root, 'images'), exist_ok=True)
+  images, annotations = [], []
+  for i, pixels in enumerate(batch['images']):
+    name = f'{i}.png'
+    Image.fromarray(pixels).save(os.path.join(root, 'images', name))
+    images.append({'id': i + 1, 'file_name': name, 'height': pixels.shape[0],
+                   'width': pixels.shape[1]})
+    for (ymin, xmin, ymax, xmax), category in zip(batch[f'boxes_{i}'].tolist(),
+                                                  batch[f'classes_{i}'].tolist()):
+      annotations.append({'id': len(annotations) + 1, 'image_id': i + 1, 'category_id': category,
+                          'bbox': [xmin, ymin, xmax - xmin, ymax - ymin], 'iscrowd': 0,
+                          'area': (xmax - xmin) * (ymax - ymin)})
+  path = os.path.join(root, 'annotations.json')
+  with open(path, 'w') as f:
+    json.dump({'images': images, 'annotations': annotations,
+               'categories': [{'id': i, 'name': str(i)} for i in range(1, 91)]}, f)
+  return path
+
+
+def command(data_root: str, workdir: str, *flags: str) -> List[str]:
+  """`effdet_jax.main` with the reference's settings (its README and meta.json)."""
+  annotations = os.path.join(data_root, 'annotations.json')
+  images = os.path.join(data_root, 'images')
+  return [sys.executable, '-m', 'effdet_jax.main', '--config',
+          os.path.join(ROOT, 'configs', 'efficientdet.py') + ':d0', '--workdir', workdir,
+          '--config.data.source=coco_json',
+          f'--config.data.train.annotations={annotations}', f'--config.data.train.images={images}',
+          f'--config.train.init_checkpoint={os.path.join(TRAIN_D0, "start_ckpt")}',
+          "--config.model.image_size=(256, 256)", '--config.train.global_batch_size=4',
+          '--config.data.jitter_min=1.0', '--config.data.jitter_max=1.0',
+          '--config.data.input_rand_hflip=False',
+          '--config.train.learning_rate=0.08', '--config.train.lr_warmup_init=0.08',
+          '--config.train.warmup_steps=1', '--config.train.num_steps=1000000',
+          '--stop_at_step=3', '--config.train.log_every_steps=1',
+          '--config.train.official_path=tf2', '--config.train.precision=float64', *flags]
+
+
+def reference_steps() -> List[Dict[str, float]]:
+  """The official per-step figures, under this project's metric names."""
+  names = {'loss': 'loss', 'det_loss': 'det_loss', 'cls_loss': 'cls_loss',
+           'box_loss': 'box_loss', 'l2_loss': 'reg_l2_loss', 'learning_rate': 'learning_rate',
+           'grad_norm': 'gradient_norm_raw'}
+  meta = json.load(open(os.path.join(TRAIN_D0, 'meta.json')))
+  return [{ours: step[theirs] for ours, theirs in names.items()} for step in meta['steps']]
+
+
+def relative_errors(ours: Dict[str, np.ndarray], official: Dict[str, np.ndarray],
+                    absolute_below: float = 0.0) -> Dict[str, float]:
+  """Per tensor, ||ours - official|| / ||official||; where the official change is
+  below `absolute_below` in norm, the plain ||ours - official|| instead (the conv
+  biases in front of a BatchNorm have zero gradient in exact arithmetic)."""
+  errors = {}
+  for name, want in official.items():
+    want = np.asarray(want, np.float64)
+    diff = float(np.linalg.norm(np.asarray(ours[name], np.float64) - want))
+    scale = float(np.linalg.norm(want))
+    errors[name] = diff if scale < absolute_below else diff / scale
+  return errors
+
+
+def trained_changes(workdir: str, config) -> Dict[str, Dict[str, np.ndarray]]:
+  """What the run in `workdir` changed, by official name: `update` (weights and
+  BatchNorm statistics, value minus start) and `ema_update` (the EMA of the
+  trained weights minus their start), from its latest checkpoint."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from effdet_jax import checkpoint, convert, optim  # pylint: disable=g-import-not-at-top
+  start = convert.load_official_checkpoint(config.train.init_checkpoint, config)
+  layout = optim.ParamLayout(convert.abstract_variables(config))
+  ckpts = checkpoint.TrainCheckpoints(workdir, keep=3)
+  state = ckpts.restore_on_one_device()
+  ckpts.close()
+  named = lambda params, stats: convert.official_variables(
+      layout.variables(jax.numpy.asarray(params), jax.numpy.asarray(stats)), config)
+  begin = convert.official_variables(start, config)
+  now = named(state['params'], state['batch_stats'])
+  ema = named(state['ema_params'], state['ema_batch_stats'])
+  return {'update': {k: now[k] - begin[k] for k in begin},
+          'ema_update': {k: ema[k] - begin[k] for k in begin}}
