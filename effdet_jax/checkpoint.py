@@ -114,9 +114,9 @@ def training_checkpoint(path: str) -> Tuple[Optional[str], Optional[int]]:
   return None, None
 
 
-def load_ema_variables(workdir: str, config: ml_collections.ConfigDict,
-                       step: Optional[int] = None):
-  """(step, variables): the EMA weights of a training checkpoint of `workdir`
+def load_training_variables(workdir: str, config: ml_collections.ConfigDict,
+                            step: Optional[int] = None):
+  """(step, raw variables, EMA variables) of a training checkpoint of `workdir`
   (the latest unless `step`), on this process's first device, checked against
   `config`'s model."""
   from effdet_jax import convert, optim  # pylint: disable=g-import-not-at-top
@@ -133,11 +133,22 @@ def load_ema_variables(workdir: str, config: ml_collections.ConfigDict,
   finally:
     ckpts.close()
   layout = optim.ParamLayout(convert.abstract_variables(config))
-  for key, size in (('ema_params', layout.num_params), ('ema_batch_stats', layout.num_stats)):
+  for key, size in (('params', layout.num_params), ('batch_stats', layout.num_stats),
+                    ('ema_params', layout.num_params), ('ema_batch_stats', layout.num_stats)):
     if state[key].shape != (size,):
       raise ValueError(f'{ckpts.directory}/{step}: {key} has {state[key].shape[0]} values, '
                        f'{config.model.name} as configured needs {size}')
-  return step, layout.variables(*jax.device_get((state['ema_params'], state['ema_batch_stats'])))
+  raw = layout.variables(*jax.device_get((state['params'], state['batch_stats'])))
+  ema = layout.variables(*jax.device_get((state['ema_params'], state['ema_batch_stats'])))
+  return step, raw, ema
+
+
+def load_ema_variables(workdir: str, config: ml_collections.ConfigDict,
+                       step: Optional[int] = None):
+  """(step, variables): the EMA weights of a training checkpoint (see
+  `load_training_variables`)."""
+  step, _, ema = load_training_variables(workdir, config, step)
+  return step, ema
 
 
 def load_inference_variables(path: str, config: ml_collections.ConfigDict):

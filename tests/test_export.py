@@ -1,4 +1,5 @@
-"""Export: the bundle and the SavedModel give the predict tool's detections."""
+"""Export: the bundle and the SavedModel give the predict tool's detections; the
+official-layout checkpoint reads back to the trained variables."""
 import json
 import os
 import subprocess
@@ -92,6 +93,35 @@ def test_export_writes_both_formats_from_the_latest_checkpoint(trained):
   assert sorted(os.listdir(os.path.join(output, 'bundle'))) == [
       'bundle.json', 'categories.json', 'config.json', 'variables']
   assert os.path.isfile(os.path.join(output, 'saved_model', 'saved_model.pb'))
+
+
+def test_tf_checkpoint_reads_back_raw_and_ema_weights(trained):
+  """The official layout, read by the official-checkpoint converter: the raw
+  (trained) weights under the official names, the EMA ones under
+  `/ExponentialMovingAverage`, and the step."""
+  config, variables, _, output, summary, _, _ = trained
+  path = os.path.join(output, exporter.TF_CHECKPOINT_DIR)
+  assert summary['tf_checkpoint']['ema'] and summary['tf_checkpoint']['bytes'] > 0
+  raw = convert.load_official_checkpoint(path, config, use_ema=False)
+  ema = convert.load_official_checkpoint(path, config, use_ema=True)
+  halved = jax.tree.map(lambda v: v * 0.5, variables['params'])   # the fixture's raw weights
+  for got, want in ((raw['params'], halved), (ema['params'], variables['params']),
+                    (raw['batch_stats'], variables['batch_stats']),
+                    (ema['batch_stats'], variables['batch_stats'])):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
+  assert int(convert.read_checkpoint(convert.resolve_checkpoint(path))['global_step']) == 7
+
+
+def test_tf_checkpoint_names_are_the_released_ones():
+  """D0's names and shapes equal those of the official-layout reference checkpoint."""
+  from effdet_jax.export import tf_checkpoint  # pylint: disable=g-import-not-at-top
+  names = os.path.join(require_parity(), 'names.txt')
+  want = dict(line.rstrip('\n').split('\t') for line in open(names))
+  config = get_config('d0')
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), convert.abstract_variables(config))
+  tensors = tf_checkpoint.official_tensors(config, zeros, zeros, step=3)
+  assert {k: str(list(v.shape)).replace(' ', '') for k, v in tensors.items()} == {
+      k: v.replace(' ', '') for k, v in want.items()}
 
 
 def test_saved_model_gives_the_detectors_detections_without_jax(trained, tmp_path):

@@ -9,7 +9,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
 flags.DEFINE_string('checkpoint', None, 'training workdir or checkpoints/<step> directory (EMA '
                     'weights), converted directory, bundle, or official TF checkpoint')
-flags.DEFINE_string('output', None, 'directory to write bundle/, saved_model/ and export.json to')
+flags.DEFINE_string('output', None, 'directory to write bundle/, saved_model/, tf_checkpoint/ and '
+                    'export.json to')
 flags.DEFINE_list('format', ['all'], f'some of {FORMATS}')
 flags.DEFINE_string('categories', '', 'COCO annotation file or categories.json naming the '
                     "model's classes (default: the training run's, or COCO's for 90 classes)")
@@ -40,7 +41,7 @@ def main(argv):
                    _image_size(FLAGS.image_size), FLAGS.platforms)
   print(f"exported {summary['model']} (step {summary['step']}) from {summary['checkpoint']} "
         f"in {summary['seconds']:.1f} s:")
-  for name in ('bundle', 'saved_model'):
+  for name in ('bundle', 'saved_model', 'tf_checkpoint'):
     if name in summary:
       part = summary[name]
       print(f"  {name}: {part['path']} ({part['bytes'] / 2**20:.1f} MiB, {part['seconds']:.1f} s)")

@@ -14,11 +14,13 @@ from effdet_jax.coco_labels import label_name
 from effdet_jax.data import categories as categories_lib
 from effdet_jax.export import bundle as bundle_lib
 from effdet_jax.export import saved_model as saved_model_lib
+from effdet_jax.export import tf_checkpoint as tf_checkpoint_lib
 from effdet_jax.models import image_hw
 
-FORMATS = ('bundle', 'saved_model', 'all')
+FORMATS = ('bundle', 'saved_model', 'tf_checkpoint', 'all')
 BUNDLE_DIR = 'bundle'
 SAVED_MODEL_DIR = 'saved_model'
+TF_CHECKPOINT_DIR = 'tf_checkpoint'
 SUMMARY_FILE = 'export.json'
 COCO_MODEL_CLASSES = 90
 
@@ -54,15 +56,24 @@ def export(config: ml_collections.ConfigDict, checkpoint_path: str, output: str,
            per_class: Optional[bool] = None, batch_size: int = 1, static_batch: bool = False,
            image_size: Optional[Tuple[int, int]] = None,
            platforms: Sequence[str] = ()) -> Dict:
-  """Write `output/bundle` and/or `output/saved_model`, and `output/export.json`
-  (what was written, from which checkpoint, sizes and times); returns the latter."""
+  """Write `output/bundle`, `output/saved_model` and/or `output/tf_checkpoint`, and
+  `output/export.json` (what was written, from which checkpoint, sizes and times);
+  returns the latter."""
   unknown = [f for f in formats if f not in FORMATS]
   if unknown or not formats:
     raise ValueError(f'unsupported export format(s) {unknown or formats}; expected some of '
                      f'{FORMATS}')
-  formats = ('bundle', 'saved_model') if 'all' in formats else tuple(dict.fromkeys(formats))
+  formats = FORMATS[:-1] if 'all' in formats else tuple(dict.fromkeys(formats))
   start = time.perf_counter()
-  step, variables, workdir = checkpoint.load_inference_variables(checkpoint_path, config)
+  # Inference formats take the EMA weights of a training checkpoint; the official
+  # layout takes both sets. Any other source is one set of weights.
+  workdir, step = checkpoint.training_checkpoint(checkpoint_path)
+  if workdir is None:
+    step, variables, ema = 0, checkpoint.load_variables(checkpoint_path, config), None
+    raw = variables
+  else:
+    step, raw, variables = checkpoint.load_training_variables(workdir, config, step)
+    ema = variables
   categories = categories_for(config, checkpoint_path, workdir, categories_file)
   summary = {'model': config.model.name, 'checkpoint': checkpoint_path, 'step': step,
              'input_size': list(image_hw(config)), 'num_classes': config.model.num_classes,
@@ -86,6 +97,12 @@ def export(config: ml_collections.ConfigDict, checkpoint_path: str, output: str,
                               'image_size': info.image_size,
                               'stablehlo_version': info.stablehlo_version,
                               'tensorflow': tf.__version__}
+  if 'tf_checkpoint' in formats:
+    target = os.path.join(output, TF_CHECKPOINT_DIR)
+    begin = time.perf_counter()
+    tf_checkpoint_lib.write_tf_checkpoint(target, config, raw, ema, step)
+    summary['tf_checkpoint'] = {'path': target, 'bytes': _size(target), 'ema': ema is not None,
+                                'seconds': round(time.perf_counter() - begin, 1)}
   summary['seconds'] = round(time.perf_counter() - start, 1)
   with tf.io.gfile.GFile(os.path.join(output, SUMMARY_FILE), 'w') as f:
     json.dump(summary, f, indent=1)
