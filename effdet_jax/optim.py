@@ -91,8 +91,22 @@ class ParamLayout:
     argument: built inside the graph, XLA spends seconds constant-folding it."""
     return np.repeat(np.arange(self.num_tensors, dtype=np.int32), self.sizes)
 
-  def per_element(self, per_tensor: np.ndarray, segments: jnp.ndarray) -> jnp.ndarray:
-    return jnp.asarray(per_tensor)[segments]
+  def per_element(self, per_tensor, segments: jnp.ndarray) -> jnp.ndarray:
+    """Per-tensor values (`[num_tensors]`, static or traced) -> one per element.
+
+    On CPU a gather by segment id. Elsewhere each value broadcast over its
+    tensor's static slice: compiled for a TPU v5e (deviceless, libtpu), the
+    gather of D0's 493 values by its 3.9M segment ids costs 16 GB and 22 ms by
+    XLA's own estimate, the broadcasts 0.05 GB and 0.06 ms. Both give the same
+    values."""
+    return jax.lax.platform_dependent(jnp.asarray(per_tensor), segments,
+                                      cpu=lambda values, ids: values[ids],
+                                      default=lambda values, ids: self.broadcast(values))
+
+  def broadcast(self, per_tensor: jnp.ndarray) -> jnp.ndarray:
+    """`per_element` without a gather: each value over its tensor's elements."""
+    return jnp.concatenate([jnp.broadcast_to(per_tensor[i], (int(n),))
+                            for i, n in enumerate(self.sizes)])
 
   def flatten(self, variables):
     """`{'params', 'batch_stats'}` -> (params vector, batch-stats vector)."""
@@ -111,11 +125,13 @@ def l2_loss(params: jnp.ndarray, mask: jnp.ndarray, weight_decay: float) -> jnp.
   return weight_decay * 0.5 * jnp.sum(jnp.square(params) * mask)
 
 
-def clip_gradients(grads: jnp.ndarray, segments: jnp.ndarray, num_tensors: int,
+def clip_gradients(grads: jnp.ndarray, segments: jnp.ndarray, layout: ParamLayout,
                    max_norm: float) -> jnp.ndarray:
   """As the official: each tensor to norm <= max_norm, then all of them together."""
-  norms = jnp.sqrt(jax.ops.segment_sum(jnp.square(grads), segments, num_segments=num_tensors))
-  grads = grads * jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-30))[segments]
+  norms = jnp.sqrt(jax.ops.segment_sum(jnp.square(grads), segments,
+                                       num_segments=layout.num_tensors))
+  grads = grads * layout.per_element(jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-30)),
+                                     segments)
   total = jnp.sqrt(jnp.sum(jnp.square(grads)))
   return grads * jnp.minimum(1.0, max_norm / jnp.maximum(total, 1e-30))
 

@@ -95,7 +95,7 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
       grads = grads * layout.per_element(layout.tensor_trainable, segments)
     grad_norm = jnp.sqrt(jnp.sum(jnp.square(grads)))
     if train.clip_gradients_norm > 0:
-      grads = optim.clip_gradients(grads, segments, layout.num_tensors, train.clip_gradients_norm)
+      grads = optim.clip_gradients(grads, segments, layout, train.clip_gradients_norm)
     # A non-finite step changes no weight: 'skip' goes on, 'stop' ends the run on the host.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     learning_rate = schedule(state.step)

@@ -1,4 +1,5 @@
 """The two official optimizer paths, each against a hand computation."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -52,10 +53,25 @@ def test_unknown_path_is_named():
     optim.sgd_momentum(jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), 0.1, 0.9, 'tf3')
 
 
+def _two_tensor_layout():
+  return optim.ParamLayout({'params': {'a': jax.ShapeDtypeStruct((2,), jnp.float32),
+                                       'b': jax.ShapeDtypeStruct((1, 2), jnp.float32)}})
+
+
 def test_clipping_is_per_tensor_then_global():
+  layout = _two_tensor_layout()
   grads = jnp.asarray([30.0, 40.0, 3.0, 4.0])     # tensor norms 50 and 5
-  segments = jnp.asarray([0, 0, 1, 1])
-  clipped = np.asarray(optim.clip_gradients(grads, segments, 2, 10.0))
+  clipped = np.asarray(optim.clip_gradients(grads, jnp.asarray(layout.segment_ids()), layout, 10.0))
   # 50 -> 10 (tf.clip_by_norm), then the global norm sqrt(100 + 25) -> 10.
   first = np.array([6.0, 8.0]); second = np.array([3.0, 4.0])
   np.testing.assert_allclose(clipped, np.concatenate([first, second]) * 10 / np.sqrt(125), rtol=1e-6)
+
+
+def test_per_element_without_a_gather_gives_the_same_values():
+  """The broadcast formulation (TPU, GPU) equals the gather (CPU) exactly."""
+  layout = _two_tensor_layout()
+  values = jnp.asarray([0.25, -3.0])
+  segments = jnp.asarray(layout.segment_ids())
+  np.testing.assert_array_equal(layout.per_element(values, segments), [0.25, 0.25, -3.0, -3.0])
+  np.testing.assert_array_equal(jax.jit(layout.broadcast)(values),
+                                jax.jit(layout.per_element)(values, segments))
