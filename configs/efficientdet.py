@@ -57,7 +57,8 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   # backbones keep EfficientNet's 0.8. 0 disables it.
   m.backbone_survival_prob = 0.0 if backbone == 'efficientnet-b0' else 0.8
   m.head_survival_prob = 0.0
-  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
+  # Compute dtype: 'float32', 'bfloat16' (parameters stay float32) or 'float64'
+  # (checks only); the same field as train.precision (effdet_jax/precision.py).
   m.dtype = 'float32'
   # Rematerialization: recompute backbone blocks and BiFPN cells in the backward
   # pass (less activation memory, ~1/3 more compute), for the big models.
@@ -138,7 +139,7 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   config.train.clip_gradients_norm = 10.0
   config.train.weight_decay = 4e-5      # L2 on kernels, as the official
   config.train.ema_decay = 0.9998       # 0 disables the EMA
-  # Which official training code to reproduce where the two differ (docs/training.md):
+  # Which official training code to reproduce where the two differ (docs/parity.md):
   # 'tf1' (det_model_fn.py, TPUEstimator: what trained the released checkpoints)
   # or 'tf2' (tf2/train_lib.py, Keras): the momentum form, the EMA's first decay,
   # whether the EMA covers BatchNorm statistics, and whether L2 covers frozen kernels.

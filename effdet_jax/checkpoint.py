@@ -151,14 +151,22 @@ def load_ema_variables(workdir: str, config: ml_collections.ConfigDict,
   return step, ema
 
 
-def load_inference_variables(path: str, config: ml_collections.ConfigDict):
-  """(step, variables, training workdir or None) for inference from any checkpoint:
-  a training workdir (its latest) or step directory (EMA weights), a converted
-  directory, an export bundle or an official TF checkpoint (step 0)."""
+def load_weight_sets(path: str, config: ml_collections.ConfigDict):
+  """(step, raw variables, EMA variables or None, training workdir or None) from any
+  checkpoint: a training workdir (its latest) or step directory has both sets; a
+  converted directory, an export bundle or an official TF checkpoint is one set
+  (step 0)."""
   workdir, step = training_checkpoint(path)
   if workdir is None:
-    return 0, load_variables(path, config), None
-  return (*load_ema_variables(workdir, config, step), workdir)
+    return 0, load_variables(path, config), None, None
+  return (*load_training_variables(workdir, config, step), workdir)
+
+
+def load_inference_variables(path: str, config: ml_collections.ConfigDict):
+  """(step, variables, training workdir or None) for inference from any checkpoint
+  (see `load_weight_sets`): the EMA weights where there are two sets."""
+  step, raw, ema, workdir = load_weight_sets(path, config)
+  return step, raw if ema is None else ema, workdir
 
 
 def abstract_like(tree, sharding):

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import PARITY
+from effdet_jax import checkpoint, convert
 from processes import ROOT
 
 TRAIN_D0 = os.path.join(PARITY, 'train-d0')
@@ -83,17 +84,9 @@ def trained_changes(workdir: str, config) -> Dict[str, Dict[str, np.ndarray]]:
   """What the run in `workdir` changed, by official name: `update` (weights and
   BatchNorm statistics, value minus start) and `ema_update` (the EMA of the
   trained weights minus their start), from its latest checkpoint."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from effdet_jax import checkpoint, convert, optim  # pylint: disable=g-import-not-at-top
-  start = convert.load_official_checkpoint(config.train.init_checkpoint, config)
-  layout = optim.ParamLayout(convert.abstract_variables(config))
-  ckpts = checkpoint.TrainCheckpoints(workdir, keep=3)
-  state = ckpts.restore_on_one_device()
-  ckpts.close()
-  named = lambda params, stats: convert.official_variables(
-      layout.variables(jax.numpy.asarray(params), jax.numpy.asarray(stats)), config)
-  begin = convert.official_variables(start, config)
-  now = named(state['params'], state['batch_stats'])
-  ema = named(state['ema_params'], state['ema_batch_stats'])
+  begin = convert.official_variables(
+      convert.load_official_checkpoint(config.train.init_checkpoint, config), config)
+  _, raw, ema = checkpoint.load_training_variables(workdir, config)
+  now, averaged = convert.official_variables(raw, config), convert.official_variables(ema, config)
   return {'update': {k: now[k] - begin[k] for k in begin},
-          'ema_update': {k: ema[k] - begin[k] for k in begin}}
+          'ema_update': {k: averaged[k] - begin[k] for k in begin}}

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs.efficientdet import get_config
 from conftest import PARITY
 import official_training
 from effdet_jax.metrics_writer import read_metrics
@@ -46,7 +47,6 @@ def run(tmp_path_factory):
 
 
 def _config():
-  from configs.efficientdet import get_config  # pylint: disable=g-import-not-at-top
   config = get_config('d0')
   config.model.image_size = (256, 256)
   config.train.precision = 'float64'

@@ -54,16 +54,16 @@ def _run(data_root, workdir, *flags, devices=1, check=True):
   return out
 
 
-def _losses(workdir):
-  return [(r['step'], r['loss'], r['cls_loss'], r['box_loss']) for r in read_metrics(workdir)]
-
-
 def _final_state(workdir):
   ckpts = checkpoint.TrainCheckpoints(workdir, keep=3)
   step = ckpts.latest_step()
   state = ckpts.restore_on_one_device(step) if step is not None else None
   ckpts.close()
   return step, state
+
+
+def _losses(workdir):
+  return [(r['step'], r['loss'], r['cls_loss'], r['box_loss']) for r in read_metrics(workdir)]
 
 
 def _assert_same_run(workdir, reference):
@@ -191,16 +191,16 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(data_root, tmp_path)
 
 ONE_STEP = '''
 import sys, jax, numpy as np
-jax.config.update('jax_enable_x64', True)
 sys.path.insert(0, 'tests')
 import tiny_train_config
-from effdet_jax import convert, optim, parallel
+from effdet_jax import convert, optim, parallel, precision
 from effdet_jax.data import input_pipeline
 from effdet_jax.train_step import create_state, make_train_step
 
 config = tiny_train_config.get_config(sys.argv[1])
 config.train.global_batch_size = 8
 config.train.precision = 'float64'   # exact up to float64 summation order
+precision.configure(config)
 batch = next(input_pipeline.train_data(config, process_index=0, process_count=1)
              .dataset.as_numpy_iterator())
 variables = convert.init_variables(config, jax.random.PRNGKey(0))

@@ -65,15 +65,10 @@ def export(config: ml_collections.ConfigDict, checkpoint_path: str, output: str,
                      f'{FORMATS}')
   formats = FORMATS[:-1] if 'all' in formats else tuple(dict.fromkeys(formats))
   start = time.perf_counter()
-  # Inference formats take the EMA weights of a training checkpoint; the official
-  # layout takes both sets. Any other source is one set of weights.
-  workdir, step = checkpoint.training_checkpoint(checkpoint_path)
-  if workdir is None:
-    step, variables, ema = 0, checkpoint.load_variables(checkpoint_path, config), None
-    raw = variables
-  else:
-    step, raw, variables = checkpoint.load_training_variables(workdir, config, step)
-    ema = variables
+  # Inference formats take the EMA weights where there are two sets; the official
+  # layout takes both.
+  step, raw, ema, workdir = checkpoint.load_weight_sets(checkpoint_path, config)
+  variables = raw if ema is None else ema
   categories = categories_for(config, checkpoint_path, workdir, categories_file)
   summary = {'model': config.model.name, 'checkpoint': checkpoint_path, 'step': step,
              'input_size': list(image_hw(config)), 'num_classes': config.model.num_classes,
