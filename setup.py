@@ -24,5 +24,8 @@ setup(
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.5', 'hypothesis>=6', 'scikit-image>=0.22'],
+        # XLA's TPU compiler at the versions the TPU programs were validated with
+        # (tools/memory.py --target, tests/test_tpu_planning.py); TPU VMs train with it.
+        'tpu': ['jax==0.10.2', 'jaxlib==0.10.2', 'libtpu==0.0.42.1'],
     },
 )

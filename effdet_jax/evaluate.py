@@ -103,6 +103,45 @@ class EvalResult:
   samples: List[np.ndarray]      # validation images with ground truth and detections drawn
 
 
+def make_eval_step(config: ml_collections.ConfigDict):
+  """`(variables, device batch) -> (detections, the batch without its images)`."""
+  model = build_model(config)
+  anchors = jnp.asarray(anchors_lib.anchors_for(config))
+  nms = postprocess_lib.settings(config.postprocess, config.postprocess.eval_per_class)
+  input_size = image_hw(config)
+
+  def step(variables, batch):
+    batch = dict(batch)
+    cls_outputs, box_outputs = inference.forward(model, variables, batch.pop('image'))
+    detections = postprocess_lib.postprocess(
+        cls_outputs, box_outputs, anchors, batch['image_scale'], image_size=input_size,
+        num_classes=config.model.num_classes, **nms)
+    return detections._asdict(), batch
+
+  return step
+
+
+def jit_eval_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """The step as evaluation runs it: inputs as given (weights replicated, the batch
+  split over `data`), outputs gathered everywhere for scoring on the host."""
+  return jax.jit(make_eval_step(config), out_shardings=parallel.replicated(mesh),
+                 compiler_options=inference.compiler_options())
+
+
+def eval_batch_spec(config: ml_collections.ConfigDict,
+                    batch_size: int) -> Dict[str, jax.ShapeDtypeStruct]:
+  """The device batch the step takes (what `Evaluator._device_batch` makes)."""
+  height, width = image_hw(config)
+  m = config.data.max_instances_per_image
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct((batch_size, *shape), dtype)
+  return {'image': spec((height, width, 3), jnp.float32), 'image_scale': spec((), jnp.float32),
+          'image_id_high': spec((), jnp.int32), 'image_id_low': spec((), jnp.int32),
+          'image_valid': spec((), jnp.bool_), 'images_skipped': spec((), jnp.int32),
+          'original_size': spec((2,), jnp.int32), 'gt_boxes': spec((m, 4), jnp.float32),
+          'gt_category_ids': spec((m,), jnp.int32), 'gt_is_crowd': spec((m,), jnp.bool_),
+          'gt_areas': spec((m,), jnp.float32)}
+
+
 class Evaluator:
   """Built once (the input pipeline and the jitted step), called per set of weights."""
 
@@ -122,20 +161,7 @@ class Evaluator:
     if annotations and jax.process_index() == 0:
       self._ground_truth = read_ground_truth(annotations)
     self._sharding = parallel.batch_sharding(mesh)
-    model = build_model(config)
-    anchors = jnp.asarray(anchors_lib.anchors_for(config))
-    nms = postprocess_lib.settings(config.postprocess, config.postprocess.eval_per_class)
-    input_size = image_hw(config)
-
-    def step(variables, batch):
-      cls_outputs, box_outputs = inference.forward(model, variables, batch.pop('image'))
-      detections = postprocess_lib.postprocess(
-          cls_outputs, box_outputs, anchors, batch['image_scale'], image_size=input_size,
-          num_classes=config.model.num_classes, **nms)
-      return detections._asdict(), batch
-
-    self._step = jax.jit(step, out_shardings=parallel.replicated(mesh),
-                         compiler_options=inference.compiler_options())
+    self._step = jit_eval_step(config, mesh)
     self._compiled = None
 
   def _device_batch(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ import tensorflow as tf
 from effdet_jax import checkpoint, convert, evaluate, optim, parallel, precision
 from effdet_jax.data import categories as categories_lib, input_pipeline
 from effdet_jax.metrics_writer import MetricsWriter
-from effdet_jax.train_step import METRICS, TrainState, create_state, make_train_step
+from effdet_jax.train_step import METRICS, TrainState, create_state, jit_train_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -127,10 +127,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                'in %d processes, from step %d', total_steps, config.train.global_batch_size,
                examples, warmup_steps, jax.device_count(), jax.process_count(), start)
 
-  batch_shardings = {k: batch_sharding for k in input_pipeline.TRAIN_DEVICE_KEYS}
-  step_fn = jax.jit(make_train_step(config, layout, schedule),
-                    in_shardings=(replicated, batch_shardings, replicated),
-                    out_shardings=replicated, donate_argnums=0)
+  step_fn = jit_train_step(config, layout, schedule, mesh)
   segments = parallel.replicate(layout.segment_ids(), mesh)
   evaluator = evaluate.Evaluator(config, mesh) if with_eval else None
   eval_metrics = {}

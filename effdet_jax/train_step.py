@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from effdet_jax import optim
+from effdet_jax import optim, parallel
 from effdet_jax.detection import anchors as anchors_lib
 from effdet_jax.detection import losses, target_assigner
 from effdet_jax.models import build_model, image_hw
@@ -133,3 +133,13 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
         skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
 
   return train_step
+
+
+def jit_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout, schedule,
+                   mesh: jax.sharding.Mesh):
+  """The step as training runs it: the state replicated over the mesh and donated,
+  the batch split over `data`."""
+  replicated = parallel.replicated(mesh)
+  return jax.jit(make_train_step(config, layout, schedule),
+                 in_shardings=(replicated, parallel.batch_sharding(mesh), replicated),
+                 out_shardings=replicated, donate_argnums=0)

@@ -95,8 +95,8 @@ def pack_checkout():
 def setup_commands(gc):
   install = (f'rm -rf ~/{REMOTE_DIR} && mkdir -p ~/{REMOTE_DIR} && '
              f'tar -xzf ~/{os.path.basename(TARBALL)} -C ~/{REMOTE_DIR} && '
-             f'python3 -m pip install -q -U "jax[tpu]" && '
-             f'python3 -m pip install -q -e ~/{REMOTE_DIR}')
+             # The tpu extra pins jax and libtpu to the validated versions (setup.py).
+             f'python3 -m pip install -q -e "$HOME/{REMOTE_DIR}[tpu]"')
   return [pack_checkout(), gc.scp(TARBALL, '~/'), gc.ssh(install)]
 
 

@@ -17,6 +17,12 @@ def require_parity():
   return D0_PARITY
 
 
+# The suite runs on the CPU. With libtpu installed (the `tpu` extra, for the
+# ahead-of-time TPU tests), JAX would otherwise look for TPU chips in every
+# process (seconds each), and the workers' compiles for TPU each load libtpu.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+
 # The xdist workers start after this file is read: give them glibc's huge-page
 # malloc as the commands have it (effdet_jax/huge_pages.py), so tests run as fast.
 _env = huge_pages.environment_with_tunable(os.environ)

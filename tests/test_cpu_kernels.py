@@ -13,10 +13,10 @@ def fresh_build(monkeypatch, tmp_path):
   """`cpu_kernels.targets()` as on a new machine with its cache under tmp_path;
   afterwards this process's targets come from the usual cache again."""
   monkeypatch.setenv('EFFDET_JAX_CACHE_DIR', str(tmp_path))
-  cpu_kernels.targets.cache_clear()
+  cpu_kernels._cpu_targets.cache_clear()
   yield tmp_path
   monkeypatch.undo()
-  cpu_kernels.targets.cache_clear()
+  cpu_kernels._cpu_targets.cache_clear()
 
 
 def test_builds_once_into_the_cache(fresh_build):
@@ -25,7 +25,7 @@ def test_builds_once_into_the_cache(fresh_build):
       'depthwise_kernel_grad', 'depthwise_input_grad', 'focal_loss'}
   (library,) = fresh_build.glob('cpu_kernels-*.so')
   built_at = library.stat().st_mtime_ns
-  cpu_kernels.targets.cache_clear()
+  cpu_kernels._cpu_targets.cache_clear()
   assert cpu_kernels.targets() == names
   assert library.stat().st_mtime_ns == built_at, 'rebuilt although cached'
   assert list(fresh_build.glob('*.so')) == [library], 'a partial build was left behind'

@@ -40,7 +40,8 @@ def test_tpu_pod_dry_run_for_two_workers():
   assert 'git ls-files' in pack and 'tar' in pack
   assert scp.startswith('gcloud compute tpus tpu-vm scp /tmp/effdet_jax_checkout.tar.gz') and \
       scp.endswith('--worker=all')
-  assert '--worker=all' in install and 'jax[tpu]' in install and 'pip install -q -e' in install
+  assert '--worker=all' in install and 'pip install -q -e' in install and '[tpu]"' in install
+  assert '"jax[tpu]"' not in install and ' -U ' not in install   # pinned by the tpu extra
   assert 'tpu-vm ssh pod' in train and '--worker=all' in train
   for part in ('python3 -m effdet_jax.main', '--config=configs/efficientdet.py:d0',
                '--workdir=gs://bkt/runs/r1', '--mode=train_and_eval',

@@ -119,3 +119,51 @@ def test_input_scale_equals_scaling_the_input():
   wide = layers.Conv(4, 3, use_bias=False, impl='matmul')
   with pytest.raises(ValueError, match='1x1 stride-1'):
     wide.init(keys[2], x, input_scale=scale)
+
+
+@pytest.mark.parametrize('shape,kernel,stride,groups,features', [
+    ((2, 9, 7, 4), 3, 1, 1, 6), ((2, 9, 7, 4), 3, 2, 1, 6), ((2, 10, 8, 5), 5, 2, 5, 5),
+    ((2, 8, 8, 6), 3, 1, 6, 6), ((2, 8, 8, 3), 1, 1, 1, 8), ((1, 7, 9, 4), 5, 1, 4, 4)])
+def test_kernel_gradient_as_one_convolution_equals_autodiff(shape, kernel, stride, groups,
+                                                            features):
+  """`conv_kernel_grad` (what mixed precision uses for the kernels' gradients)
+  is JAX's own transpose: equal to the bit in float32, dense and depthwise."""
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, shape[-1] // groups, features))
+  y, pullback = jax.vjp(lambda w: layers._conv(x, w, stride, groups), w)
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+  got = layers.conv_kernel_grad(x, cotangent, (kernel, kernel), stride, groups, jnp.float32)
+  np.testing.assert_array_equal(got, pullback(cotangent)[0])
+
+
+def test_mixed_precision_parameter_gradients_are_reduced_in_float32():
+  """bfloat16 activations, float32 weights: the forward is what casting the
+  weights gives, and each weight's gradient is float32 and closer to the float32
+  model's than autodiff through the casts (which rounds it to bfloat16)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 12, 12, 16))
+  params = {'kernel': jax.random.normal(jax.random.PRNGKey(1), (3, 3, 16, 16)) * 0.1,
+            'depthwise': jax.random.normal(jax.random.PRNGKey(2), (3, 3, 16, 1)) * 0.3,
+            'scale': 1.0 + 0.1 * jax.random.normal(jax.random.PRNGKey(3), (16,)),
+            'shift': 0.1 * jax.random.normal(jax.random.PRNGKey(4), (16,))}
+
+  def net(p, x, cast):
+    c = (lambda v: v.astype(x.dtype)) if cast else (lambda v: v)
+    y = layers.depthwise_conv2d(x, c(p['depthwise']), 2, 'native')
+    y = layers.conv2d(y, c(p['kernel']), 1, 'native')
+    y = layers.scale_shift(y, c(p['scale']), c(p['shift']))
+    return jnp.sum(jnp.square(y.astype(jnp.float32)))
+
+  exact = jax.grad(net)(params, x, False)
+  mixed_out = net(params, x.astype(jnp.bfloat16), False)
+  mixed = jax.grad(net)(params, x.astype(jnp.bfloat16), False)
+  through_casts = jax.grad(net)(params, x.astype(jnp.bfloat16), True)
+  assert mixed_out == net(params, x.astype(jnp.bfloat16), True)
+  for name in params:
+    assert mixed[name].dtype == jnp.float32, name
+    error = float(jnp.linalg.norm(mixed[name] - exact[name]) / jnp.linalg.norm(exact[name]))
+    rounded = float(jnp.linalg.norm(through_casts[name] - exact[name]) /
+                    jnp.linalg.norm(exact[name]))
+    assert error < 0.03 and error <= rounded, (name, error, rounded)
+  # Same dtypes: the plain ops, gradients as before.
+  for name, grad in jax.grad(net)(params, x, True).items():
+    np.testing.assert_array_equal(grad, exact[name])

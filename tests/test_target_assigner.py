@@ -94,12 +94,36 @@ GRID = jnp.asarray([[y, x, y + s, x + s] for s in (8.0, 16.0) for y in range(0, 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(box, st.booleans()), min_size=1, max_size=7),
        st.sampled_from([(0.5, 0.5), (0.6, 0.4)]))
-def test_loop_matching_equals_the_iou_matrix_argmax(rows, thresholds):
+def test_both_matchers_equal_the_iou_matrix_argmax(rows, thresholds):
+  """The CPU loop, the accelerators' matrix form and `match` (the CPU's pick
+  here) all give the reference's matches, ties and conflicts included."""
   gt = jnp.array([r[0] for r in rows], jnp.float32)
   valid = np.array([r[1] for r in rows])
-  got = match(GRID, gt, jnp.asarray(valid), *thresholds)
   want = _matrix_match(np.asarray(pairwise_iou(gt, GRID)), valid, *thresholds)
-  np.testing.assert_array_equal(got, want)
+  for matcher in (match, target_assigner._match_loop, target_assigner._match_matrix):
+    np.testing.assert_array_equal(matcher(GRID, gt, jnp.asarray(valid), *thresholds), want)
+
+
+def test_both_matchers_give_the_same_train_targets_on_d0_anchors():
+  """Over D0's 49104 anchors and 100 padded rows (crowded, overlapping and
+  tiny boxes, some rows invalid), under jit and vmap as the train step runs them."""
+  from configs.efficientdet import get_config
+  from effdet_jax.detection import anchors as anchors_lib
+  anchors = jnp.asarray(anchors_lib.anchors_for(get_config('d0')))
+  rng = np.random.default_rng(0)
+  corners = rng.uniform(0, 512, (2, 100, 2, 2))
+  boxes = np.concatenate([corners.min(2), corners.max(2)], -1).astype(np.float32)
+  boxes[:, 10:20] = boxes[:, :10] + rng.uniform(0, 2, (2, 10, 4))   # near-duplicates
+  boxes[:, 20:25, 2:] = boxes[:, 20:25, :2] + 1.0                 # boxes of one pixel
+  classes = rng.integers(-1, 90, (2, 100)).astype(np.int32)
+  classes[1, :] = -1                                               # an image without boxes
+  valid = classes >= 0
+  outputs = []
+  for matcher in (target_assigner._match_loop, target_assigner._match_matrix):
+    fn = jax.jit(jax.vmap(lambda b, v: matcher(anchors, b, v, 0.5, 0.5)))
+    outputs.append(np.asarray(fn(jnp.asarray(boxes), jnp.asarray(valid))))
+  np.testing.assert_array_equal(outputs[0], outputs[1])
+  assert (outputs[0][0] >= 0).sum() > 100 and (outputs[0][1] == BACKGROUND).all()
 
 
 def test_batch_targets_levels_and_unloadable_images():

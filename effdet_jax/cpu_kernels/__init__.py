@@ -23,6 +23,8 @@ from typing import NamedTuple, Optional
 import jax
 import jaxlib
 
+from effdet_jax import platforms
+
 _HERE = Path(__file__).parent
 _SOURCES = (_HERE / 'depthwise_grads.cc', _HERE / 'focal_loss.cc')
 _HEADERS = (_HERE / 'parallel_rows.h',)
@@ -82,13 +84,15 @@ class Targets(NamedTuple):
 _HANDLERS = Targets('EffdetDepthwiseKernelGrad', 'EffdetDepthwiseInputGrad', 'EffdetFocalLoss')
 
 
-@functools.cache
 def targets() -> Optional[Targets]:
-  """The registered FFI targets, or None where the kernels are unavailable, JAX
-  runs on an accelerator (where XLA's versions are the fast ones) or one process
-  holds several CPU devices."""
-  if jax.default_backend() != 'cpu':
-    return None
+  """The registered FFI targets, or None where the kernels are unavailable, the
+  program is for an accelerator (where XLA's versions are the fast ones) or one
+  process holds several CPU devices."""
+  return _cpu_targets() if platforms.current() == 'cpu' else None
+
+
+@functools.cache
+def _cpu_targets() -> Optional[Targets]:
   if jax.local_device_count() > 1:
     # Simulated CPU devices (tests, --xla_force_host_platform_device_count) share one
     # pool of threads, on which XLA's in-process collectives wait for each other; with

@@ -34,11 +34,29 @@ def match(anchors: jnp.ndarray, gt_boxes: jnp.ndarray, valid: jnp.ndarray, match
           unmatched_threshold: float) -> jnp.ndarray:
   """Per anchor: the matched gt index, BACKGROUND or IGNORED.
 
-  One ground-truth box at a time, up to the last valid one, rather than the
-  `[num_gt, num_anchors]` IoU matrix: for D0 with 100 padded rows that matrix
-  is 20 MB per image, and the loop is 6x faster on CPU at COCO's ~7 boxes per
-  image. Ties keep the lower gt index, as argmax over the matrix would.
+  Two formulations with the same result, chosen per platform when compiled: on
+  CPU a loop over the ground-truth boxes up to the last valid one (`_match_loop`),
+  elsewhere the `[max_instances, num_anchors]` IoU matrix (`_match_matrix`).
   """
+  return jax.lax.platform_dependent(
+      anchors, gt_boxes, valid,
+      cpu=lambda a, b, v: _match_loop(a, b, v, match_threshold, unmatched_threshold),
+      default=lambda a, b, v: _match_matrix(a, b, v, match_threshold, unmatched_threshold))
+
+
+def _thresholded(best_iou, best_gt, forced_gt, match_threshold, unmatched_threshold):
+  matches = jnp.where(best_iou < unmatched_threshold, BACKGROUND, best_gt)
+  between = (best_iou >= unmatched_threshold) & (best_iou < match_threshold)
+  matches = jnp.where(between, IGNORED, matches)
+  return jnp.where(forced_gt >= 0, forced_gt, matches)
+
+
+def _match_loop(anchors, gt_boxes, valid, match_threshold, unmatched_threshold):
+  """One ground-truth box at a time: for D0 with 100 padded rows the IoU matrix
+  is 20 MB per image, and the loop is 6x faster on CPU at COCO's ~7 boxes per
+  image. A loop of dynamic length serializes on an accelerator (and XLA's cost
+  model counts its body once). Ties keep the lower gt index, as argmax over the
+  matrix does."""
   num_anchors = anchors.shape[0]
   count = jnp.max(jnp.where(valid, jnp.arange(1, valid.shape[0] + 1), 0))
 
@@ -57,10 +75,22 @@ def match(anchors: jnp.ndarray, gt_boxes: jnp.ndarray, valid: jnp.ndarray, match
   init = (jnp.full([num_anchors], -1.0), jnp.zeros([num_anchors], jnp.int32),
           jnp.full([num_anchors], -1, jnp.int32))
   best_iou, best_gt, forced_gt = jax.lax.fori_loop(0, count, step, init)
-  matches = jnp.where(best_iou < unmatched_threshold, BACKGROUND, best_gt)
-  between = (best_iou >= unmatched_threshold) & (best_iou < match_threshold)
-  matches = jnp.where(between, IGNORED, matches)
-  return jnp.where(forced_gt >= 0, forced_gt, matches)
+  return _thresholded(best_iou, best_gt, forced_gt, match_threshold, unmatched_threshold)
+
+
+def _match_matrix(anchors, gt_boxes, valid, match_threshold, unmatched_threshold):
+  """All boxes at once: per anchor the best box (argmax keeps the first of
+  equals, as the loop's strict `>`), per box its best anchor, and of the boxes
+  claiming one anchor the lowest index (a scatter-min)."""
+  max_instances, num_anchors = gt_boxes.shape[0], anchors.shape[0]
+  iou = jnp.where(valid[:, None], pairwise_iou(gt_boxes, anchors), -1.0)
+  best_gt = jnp.argmax(iou, axis=0).astype(jnp.int32)
+  best_iou = jnp.max(iou, axis=0)
+  claimant = jnp.where(valid, jnp.arange(max_instances, dtype=jnp.int32), max_instances)
+  first = jnp.full([num_anchors], max_instances, jnp.int32).at[jnp.argmax(iou, axis=1)].min(
+      claimant)
+  forced_gt = jnp.where(first < max_instances, first, -1)
+  return _thresholded(best_iou, best_gt, forced_gt, match_threshold, unmatched_threshold)
 
 
 def assign(anchors: jnp.ndarray, gt_boxes: jnp.ndarray, gt_classes: jnp.ndarray,

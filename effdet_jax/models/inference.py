@@ -18,6 +18,7 @@ from typing import Tuple
 
 import jax
 
+from effdet_jax import platforms
 from effdet_jax.models.efficientdet import EfficientDet
 
 CPU_CHUNK_SIZE = 2
@@ -30,16 +31,16 @@ CPU_COMPILER_OPTIONS = {
 
 
 def compiler_options() -> dict:
-  """XLA options for jitting inference on the default backend (`jax.jit(...,
+  """XLA options for jitting inference on the platform traced for (`jax.jit(...,
   compiler_options=...)`)."""
-  return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == 'cpu' else {}
+  return dict(CPU_COMPILER_OPTIONS) if platforms.current() == 'cpu' else {}
 
 
 def chunk_size_for(setting: int, batch_size: int) -> int:
   """`model.inference_chunk_size`: 0 picks per backend; the result divides the batch."""
   if setting < 0:
     raise ValueError(f'model.inference_chunk_size must be >= 0, got {setting}')
-  size = setting or (CPU_CHUNK_SIZE if jax.default_backend() == 'cpu' else batch_size)
+  size = setting or (CPU_CHUNK_SIZE if platforms.current() == 'cpu' else batch_size)
   size = min(size, batch_size)
   while batch_size % size:
     size -= 1

@@ -1,39 +1,58 @@
-"""Per-device memory of the train step, from XLA's memory analysis, without running it.
+"""Memory and cost of the train or eval step, from XLA's own analyses, without running it.
+
+On this machine's backend, for one device holding `per_device_batch` images:
 
     python -m effdet_jax.tools.memory --config configs/efficientdet.py:d4 \
         --per_device_batch 4 [--config.model.remat=True] [--json]
 
-Compiles the full train step (forward, targets, loss, backward, SGD, EMA) for
-one device holding `per_device_batch` images, the share each device of a data
-parallel run holds, and prints XLA's figures: the state and batch (arguments),
-the step's temporaries (activations kept for the backward pass dominate), and
-their sum, the peak the step needs. The numbers are for the backend it runs on
-(XLA's CPU compiler here; run it on a TPU VM for TPU figures).
+Ahead of time for a TPU slice (no TPU needed; `pip install -e '.[tpu]'` brings
+XLA's TPU compiler):
+
+    python -m effdet_jax.tools.memory --config configs/efficientdet.py:d7x \
+        --target tpu:v4:2x2x1 --global_batch_size 16 [--precision bfloat16] \
+        [--config.model.remat=True] [--mode train|eval] [--json]
+
+compiles the real step for every device of the slice, as training jits it
+(state replicated and donated, the batch split over the `data` axis;
+`train_step.jit_train_step`) or as evaluation does (`evaluate.jit_eval_step`),
+with the per-platform choices made for the target (native convolutions, the
+matrix anchor matcher). It prints per device the state and batch, the
+temporaries, the peak and whether it fits the chip's HBM; XLA's estimated step
+time, FLOPs and bytes per step and per image, the images per second per chip
+that estimate implies and the fractions of the chip's peak FLOP/s and HBM
+bandwidth; and the bytes all-reduced per step. Times are XLA's estimates, not
+measurements (see docs/tpu.md).
 """
 import json
+import sys
 import time
 
 from absl import app, flags
 import jax
+from jax.sharding import NamedSharding, PartitionSpec
+import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
-from effdet_jax import convert, optim
-from effdet_jax.train_step import batch_spec, create_state, make_train_step
+from effdet_jax import convert, evaluate, optim, parallel, platforms
+from effdet_jax.models import layers
+from effdet_jax.tools import accelerators
+from effdet_jax.train_step import batch_spec, create_state, jit_train_step, make_train_step
 
 FLAGS = flags.FLAGS
 GIB = 2**30
+MODES = ('train', 'eval')
 
 
 def train_step_memory(config, per_device_batch: int):
+  """The host backend's figures for one device (no sharding)."""
   abstract_vars = convert.abstract_variables(config)
   layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
   state = jax.eval_shape(lambda v: create_state(v, layout), abstract_vars)
   batch = batch_spec(config, per_device_batch)
   segments = jax.ShapeDtypeStruct((layout.num_params,), np.int32)
-  schedule = optim.learning_rate_schedule(0.1, 0.01, 1, 10)
   start = time.perf_counter()
-  compiled = jax.jit(make_train_step(config, layout, schedule), donate_argnums=0).lower(
+  compiled = jax.jit(make_train_step(config, layout, _schedule(config)), donate_argnums=0).lower(
       state, batch, segments).compile()
   compile_s = time.perf_counter() - start
   analysis = compiled.memory_analysis()
@@ -50,14 +69,162 @@ def train_step_memory(config, per_device_batch: int):
           'compile_s': round(compile_s, 1), 'backend': jax.default_backend()}
 
 
+def _schedule(config):
+  """The run's schedule shape; its values do not change the program's cost."""
+  t = config.train
+  total = max(t.num_steps, t.warmup_steps + 1, 2)
+  return optim.learning_rate_schedule(t.learning_rate, t.lr_warmup_init, t.warmup_steps, total)
+
+
+def _placed(tree, sharding):
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
+
+
+def compile_for(config: ml_collections.ConfigDict, target: accelerators.Target,
+                global_batch_size: int, mode: str = 'train'):
+  """The step compiled for `target`'s devices (nothing runs); returns it."""
+  if mode not in MODES:
+    raise ValueError(f'--mode={mode!r}: expected one of {MODES}')
+  mesh = parallel.create_mesh(config.model_parallelism, devices=target.devices)
+  if global_batch_size % mesh.shape['data']:
+    raise ValueError(f'--global_batch_size={global_batch_size} does not divide by the '
+                     f'{mesh.shape["data"]} devices of {target.spec}')
+  replicated = parallel.replicated(mesh)
+  split = parallel.batch_sharding(mesh)
+  abstract_vars = convert.abstract_variables(config)
+  with platforms.target(target.platform):
+    if mode == 'train':
+      layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
+      state = _placed(jax.eval_shape(lambda v: create_state(v, layout), abstract_vars), replicated)
+      segments = jax.ShapeDtypeStruct((layout.num_params,), np.int32, sharding=replicated)
+      step = jit_train_step(config, layout, _schedule(config), mesh)
+      lowered = step.lower(state, _placed(batch_spec(config, global_batch_size), split), segments)
+    else:
+      step = evaluate.jit_eval_step(config, mesh)
+      lowered = step.lower(_placed(abstract_vars, replicated),
+                           _placed(evaluate.eval_batch_spec(config, global_batch_size), split))
+    return lowered.compile()
+
+
+def target_config(config: ml_collections.ConfigDict,
+                  target: accelerators.Target) -> ml_collections.ConfigDict:
+  """A copy of `config` with 'auto' choices made for the target, not the host."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  with platforms.target(target.platform):
+    config.model.conv_impl = layers.resolve_conv_impl(config.model.conv_impl)
+  return config
+
+
+def target_report(config: ml_collections.ConfigDict, target: accelerators.Target,
+                  global_batch_size: int, mode: str = 'train', hlo_path: str = '') -> dict:
+  """What the compiled step needs and costs on each device of `target`;
+  `hlo_path`: where to write the optimized program's text (XLA's per-op choices)."""
+  config = target_config(config, target)
+  start = time.perf_counter()
+  compiled = compile_for(config, target, global_batch_size, mode)
+  compile_s = time.perf_counter() - start
+  if hlo_path:
+    with open(hlo_path, 'w') as f:
+      f.write(compiled.as_text())
+  return report(compiled, config, target, global_batch_size, mode, compile_s)
+
+
+def report(compiled, config: ml_collections.ConfigDict, target: accelerators.Target,
+           global_batch_size: int, mode: str, compile_s: float) -> dict:
+  """`compiled`'s figures per device and per chip (see the module docstring)."""
+  memory = compiled.memory_analysis()
+  (cost,) = accelerators.per_device(compiled.cost_analysis())
+  hlo = compiled.as_text()
+  chip = target.chip
+  devices = len(target.devices)
+  peak = memory.peak_memory_in_bytes or memory.argument_size_in_bytes + memory.temp_size_in_bytes
+  hbm = chip.hbm_bytes_per_device
+  needed = peak + memory.generated_code_size_in_bytes
+  flops, accessed = float(cost['flops']), float(cost['bytes accessed'])
+  per_chip = chip.devices_per_chip
+  step_s = accelerators.estimated_seconds(cost, hlo)
+  # No step is faster than its FLOPs at the chip's peak: an estimate below that
+  # means an op the cost model mis-scores (accelerators.UNCOSTED_CUSTOM_CALLS).
+  flop_floor_s = flops * per_chip / chip.bf16_flops
+  usable = step_s >= flop_floor_s
+  return {
+      'model': config.model.name, 'mode': mode, 'target': target.spec, 'chip': chip.name,
+      'devices': devices, 'hosts': target.num_hosts, 'global_batch_size': global_batch_size,
+      'images_per_device': global_batch_size / devices, 'precision': config.model.dtype,
+      'remat': bool(config.model.remat), 'conv_impl': config.model.conv_impl,
+      'image_size': list(batch_spec(config, 1)['image'].shape[1:3]),
+      'state_and_batch_bytes_per_device': int(memory.argument_size_in_bytes),
+      'temp_bytes_per_device': int(memory.temp_size_in_bytes),
+      'code_bytes_per_device': int(memory.generated_code_size_in_bytes),
+      'peak_bytes_per_device': int(peak), 'hbm_bytes_per_device': int(hbm),
+      'fits': bool(needed <= hbm), 'headroom_bytes_per_device': int(hbm - needed),
+      'estimated_step_s': step_s if usable else None,
+      'xla_optimal_seconds': float(cost['optimal_seconds']), 'flop_floor_s': flop_floor_s,
+      'uncosted_ops': accelerators.uncosted_ops(hlo),
+      'flops_per_device': flops, 'bytes_accessed_per_device': accessed,
+      'flops_per_image': flops * devices / global_batch_size,
+      'bytes_accessed_per_image': accessed * devices / global_batch_size,
+      'estimated_images_per_sec_per_chip':
+          global_batch_size / devices * per_chip / step_s if usable else None,
+      'peak_flops_fraction': flop_floor_s / step_s if usable else None,
+      'hbm_bandwidth_fraction':
+          accessed * per_chip / step_s / chip.hbm_bytes_per_s if usable else None,
+      'chip_bf16_flops': chip.bf16_flops, 'chip_hbm_bytes_per_s': chip.hbm_bytes_per_s,
+      'all_reduce_bytes_per_device': accelerators.all_reduce_bytes(hlo),
+      'compile_s': round(compile_s, 1),
+  }
+
+
+def _print_target(r: dict):
+  g = lambda b: f'{b / GIB:.2f} GiB'
+  print(f"{r['model']} {r['mode']} step on {r['target']} ({r['devices']} x {r['chip']} devices, "
+        f"{r['hosts']} host(s)), {r['global_batch_size']} images ({r['images_per_device']:g} per "
+        f"device) at {r['image_size']}, {r['precision']}, remat {r['remat']}, "
+        f"{r['conv_impl']} convolutions; compiled in {r['compile_s']:.0f} s")
+  print(f"  per device: {g(r['state_and_batch_bytes_per_device'])} state + batch, "
+        f"{g(r['temp_bytes_per_device'])} temporaries, peak {g(r['peak_bytes_per_device'])} "
+        f"+ {g(r['code_bytes_per_device'])} code of {g(r['hbm_bytes_per_device'])} HBM: "
+        f"{'fits' if r['fits'] else 'DOES NOT FIT'} ({g(r['headroom_bytes_per_device'])} left)")
+  if r['estimated_step_s'] is None:
+    print(f"  XLA's time estimate is not usable: "
+          f"{r['xla_optimal_seconds'] + r['uncosted_ops']:.4g} s (with the -1 s of "
+          f"{r['uncosted_ops']} uncosted ops undone) is below the "
+          f"{r['flop_floor_s'] * 1e3:.2f} ms the FLOPs need at peak; "
+          f"{r['flops_per_image'] / 1e9:.1f} GFLOP per image")
+  else:
+    print(f"  XLA's estimate: {r['estimated_step_s'] * 1e3:.1f} ms per step, "
+          f"{r['estimated_images_per_sec_per_chip']:.1f} images/s per chip; "
+          f"{r['flops_per_image'] / 1e9:.1f} GFLOP and {r['bytes_accessed_per_image'] / 1e9:.2f} GB "
+          f"accessed per image; {100 * r['peak_flops_fraction']:.1f}% of the chip's "
+          f"{r['chip_bf16_flops'] / 1e12:.0f} TFLOP/s bf16 peak, "
+          f"{100 * r['hbm_bandwidth_fraction']:.0f}% of its {r['chip_hbm_bytes_per_s'] / 1e9:.0f} "
+          f"GB/s HBM bandwidth (bytes accessed include on-chip traffic)")
+  print(f"  all-reduce: {r['all_reduce_bytes_per_device'] / 2**20:.1f} MiB per device per step")
+
+
 def main(argv):
   del argv
-  result = train_step_memory(FLAGS.config, FLAGS.per_device_batch)
-  print(f"{result['model']} train step, {result['per_device_batch']} images/device at "
-        f"{result['image_size']}, {result['precision']}, remat {result['remat']}: "
-        f"{result['peak_gib']:.2f} GiB per device ({result['arguments_gib']:.2f} state + batch, "
-        f"{result['temporaries_gib']:.2f} temporaries) by XLA's {result['backend']} memory analysis; "
-        f"compiled in {result['compile_s']:.0f} s")
+  config = FLAGS.config
+  if FLAGS.precision:
+    config.model.dtype = FLAGS.precision
+  if FLAGS.target:
+    accelerators.compile_only_host()
+    try:
+      target = accelerators.parse(FLAGS.target)
+      batch = FLAGS.global_batch_size or FLAGS.per_device_batch * len(target.devices)
+      result = target_report(config, target, batch, FLAGS.mode, FLAGS.hlo)
+    except ValueError as e:
+      sys.exit(f'effdet_jax.tools.memory: {e}')
+    _print_target(result)
+  else:
+    if FLAGS.mode != 'train' or FLAGS.global_batch_size or FLAGS.hlo:
+      raise app.UsageError('--mode eval, --global_batch_size and --hlo need --target')
+    result = train_step_memory(config, FLAGS.per_device_batch)
+    print(f"{result['model']} train step, {result['per_device_batch']} images/device at "
+          f"{result['image_size']}, {result['precision']}, remat {result['remat']}: "
+          f"{result['peak_gib']:.2f} GiB per device ({result['arguments_gib']:.2f} state + batch, "
+          f"{result['temporaries_gib']:.2f} temporaries) by XLA's {result['backend']} memory "
+          f"analysis; compiled in {result['compile_s']:.0f} s")
   if FLAGS.json:
     print(json.dumps(result))
 
@@ -65,6 +232,13 @@ def main(argv):
 if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
   flags.DEFINE_integer('per_device_batch', 4, 'images on each device')
+  flags.DEFINE_string('target', '', 'compile for this slice instead of the host, e.g. tpu:v5e:2x2')
+  flags.DEFINE_integer('global_batch_size', 0,
+                       'images per step over the whole target (default: per_device_batch per device)')
+  flags.DEFINE_enum('precision', '', ['', 'float32', 'bfloat16'],
+                    'overrides model.dtype (= train.precision)')
+  flags.DEFINE_enum('mode', 'train', list(MODES), 'the step to compile (eval needs --target)')
+  flags.DEFINE_string('hlo', '', 'with --target: write the compiled program (HLO text) here')
   flags.DEFINE_bool('json', False, 'print one JSON object as the last line')
   flags.mark_flags_as_required(['config'])
   app.run(main)
