@@ -80,16 +80,15 @@ def test_the_tpu_program_uses_the_matrix_anchor_matcher(v5e_train):
   assert ' while(' not in compiled.as_text()
 
 
-def test_bfloat16_gradients_are_all_reduced_in_float32(v5e_train, config):
+def test_gradients_are_all_reduced_once_per_step(v5e_train, config):
   """The batch is split over the devices and the state replicated: each step
-  all-reduces the gradients and the BatchNorm moments. In a bfloat16 run the
-  gradients are summed in float32, as the official sums them (layers._mixed_conv),
-  all but the BiFPN's 9 scalar fusion weights (18 values here)."""
+  all-reduces one gradient per parameter and the BatchNorm moments. In a
+  bfloat16 run the weight gradients are summed in bfloat16, where the official
+  sums float32 (docs/tpu.md)."""
   compiled, train = v5e_train
   params = optim.ParamLayout(convert.abstract_variables(config)).num_params
   elements = accelerators.all_reduce_elements(compiled.as_text())
-  assert elements.get('bf16', 0) == 18
-  assert params <= elements['f32'] < 1.1 * params
+  assert params <= elements['bf16'] < 1.1 * params and 0 < elements['f32'] < 0.1 * params
   assert train['all_reduce_bytes_per_device'] == 4 * elements['f32'] + 2 * elements['bf16']
 
 
@@ -144,3 +143,19 @@ def test_the_cost_models_uncosted_ops_are_still_minus_one_second():
   assert accelerators.uncosted_ops(hlo) == 1
   assert -1.0 < cost['optimal_seconds'] < -0.999
   assert 0 < accelerators.estimated_seconds(cost, hlo) < 1e-3
+
+
+def test_a_step_over_the_hbm_is_reported_as_not_fitting(config, monkeypatch):
+  """XLA:TPU refuses such a program (D7x at 2 images per v3 core); the report
+  says so with XLA's figure instead of failing."""
+  message = ('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO '
+             'temporaries (15.77G) exceeds available HBM (15.48G).')
+
+  def refuse(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError(message)
+
+  monkeypatch.setattr(memory, 'compile_for', refuse)
+  report = memory.target_report(config, accelerators.parse('tpu:v3:2x2'), 8)
+  assert report['fits'] is False and report['estimated_step_s'] is None
+  assert report['temp_bytes_per_device'] == int(15.77 * 2**30)
+  assert 'exceeds available HBM' in report['xla_error']

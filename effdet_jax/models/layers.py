@@ -44,73 +44,17 @@ def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, impl: str) -> jax.Array:
-  """Dense convolution in `x`'s dtype, `kernel` in HWIO (cast to it)."""
+  """Dense convolution, `kernel` in HWIO."""
   kh, kw, cin, cout = kernel.shape
-  if impl == 'native':
-    return _native_conv(x, kernel, stride, 1)
-  kernel = kernel.astype(x.dtype)
   if impl == 'matmul':
     if kh == 1 and kw == 1 and stride == 1:
       return _channel_matmul(x, kernel[0, 0])
     # im2col: one matmul over (kh*kw*cin)-long patches, taps ordered like HWIO.
     patches = jnp.concatenate(list(_taps(x, kh, kw, stride)), axis=-1)
     return _channel_matmul(patches, kernel.reshape(kh * kw * cin, cout))
-  raise ValueError(f'unknown convolution implementation {impl!r}')
-
-
-def _conv(x, kernel, stride, groups):
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                      feature_group_count=groups)
-
-
-def _native_conv(x, kernel, stride, groups):
-  """XLA's convolution of `x` with `kernel` cast to `x`'s dtype. In mixed
-  precision (a float32 kernel, bfloat16 activations) the kernel's gradient is
-  computed in the kernel's dtype (`_mixed_conv`)."""
-  if kernel.dtype == x.dtype:
-    return _conv(x, kernel, stride, groups)
-  return _mixed_conv(x, kernel, stride, groups)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _mixed_conv(x, kernel, stride, groups):
-  """With autodiff the kernel's gradient would leave the backward pass in
-  bfloat16, and XLA sums it over the data-parallel devices there, before the
-  cast to float32 (seen in the TPU program: every weight gradient all-reduced in
-  bfloat16). The official casts each replica's gradient to float32 and sums in
-  float32; here the gradient convolution accumulates into float32 and stays so."""
-  return _conv(x, kernel.astype(x.dtype), stride, groups)
-
-
-def _mixed_conv_fwd(x, kernel, stride, groups):
-  return _mixed_conv(x, kernel, stride, groups), (x, kernel)
-
-
-def _mixed_conv_bwd(stride, groups, residuals, grad):
-  x, kernel = residuals
-  _, pullback = jax.vjp(lambda v: _conv(v, kernel.astype(x.dtype), stride, groups), x)
-  (grad_x,) = pullback(grad)
-  return grad_x, conv_kernel_grad(x, grad, kernel.shape[:2], stride, groups, kernel.dtype)
-
-
-_mixed_conv.defvjp(_mixed_conv_fwd, _mixed_conv_bwd)
-
-
-def conv_kernel_grad(x, grad, kernel_hw, stride: int, groups: int, dtype) -> jax.Array:
-  """The gradient of `_conv(x, kernel, stride, groups)` with respect to its HWIO
-  kernel, as one convolution accumulated and returned in `dtype`: the batch is
-  the contracted axis (the formulation of JAX's own transpose rule, which gives
-  the same values; tested)."""
-  kh, kw = kernel_hw
-  top = same_padding(x.shape[1], kh, stride)[0]
-  left = same_padding(x.shape[2], kw, stride)[0]
-  bottom = kh + (grad.shape[1] - 1) * stride - x.shape[1] - top
-  right = kw + (grad.shape[2] - 1) * stride - x.shape[2] - left
   return jax.lax.conv_general_dilated(
-      x, grad, window_strides=(1, 1), padding=((top, bottom), (left, right)),
-      rhs_dilation=(stride, stride), dimension_numbers=('CHWN', 'IHWO', 'HWNC'),
-      batch_group_count=groups, preferred_element_type=dtype)
+      x, kernel, (stride, stride), 'SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 @jax.custom_vjp
@@ -174,8 +118,10 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, impl: str) ->
   if multiplier != 1:
     raise ValueError(f'depth multiplier {multiplier} is not supported (kernel {kernel.shape})')
   if impl == 'native':
-    return _native_conv(x, kernel.reshape(kh, kw, 1, channels), stride, channels)
-  return _shifted_depthwise(x, kernel[..., 0].astype(x.dtype), stride)
+    return jax.lax.conv_general_dilated(
+        x, kernel.reshape(kh, kw, 1, channels), (stride, stride), 'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=channels)
+  return _shifted_depthwise(x, kernel[..., 0], stride)
 
 
 def _shifted_sum(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -257,49 +203,6 @@ def _depthwise_kernel_grad_rows(x: jax.Array, grad: jax.Array, kernel_hw: Tuple[
   return jnp.sum(acc, axis=0).reshape(kh, kw, channels)
 
 
-def scale_shift(x: jax.Array, scale: Optional[jax.Array], shift: jax.Array) -> jax.Array:
-  """`x * scale + shift` over the last axis, in `x`'s dtype (`scale=None`: `x +
-  shift`). When `scale`/`shift` are wider than `x` (float32 factors on bfloat16
-  activations) their gradients are reduced over the batch in their own dtype,
-  so that XLA sums them over the devices in it (see `_mixed_conv`)."""
-  if shift.dtype == x.dtype:
-    return x + shift if scale is None else x * scale + shift
-  if scale is None:
-    return _mixed_shift(x, shift)
-  return _mixed_scale_shift(x, scale, shift)
-
-
-def _reduce_leading(values: jax.Array, dtype) -> jax.Array:
-  return jnp.sum(values.astype(dtype), axis=tuple(range(values.ndim - 1)))
-
-
-@jax.custom_vjp
-def _mixed_shift(x, shift):
-  return x + shift.astype(x.dtype)
-
-
-_mixed_shift.defvjp(lambda x, shift: (_mixed_shift(x, shift), shift),
-                    lambda shift, grad: (grad, _reduce_leading(grad, shift.dtype)))
-
-
-@jax.custom_vjp
-def _mixed_scale_shift(x, scale, shift):
-  return x * scale.astype(x.dtype) + shift.astype(x.dtype)
-
-
-def _mixed_scale_shift_fwd(x, scale, shift):
-  return _mixed_scale_shift(x, scale, shift), (x, scale, shift)
-
-
-def _mixed_scale_shift_bwd(residuals, grad):
-  x, scale, shift = residuals
-  grad_scale = _reduce_leading(grad.astype(scale.dtype) * x.astype(scale.dtype), scale.dtype)
-  return grad * scale.astype(grad.dtype), grad_scale, _reduce_leading(grad, shift.dtype)
-
-
-_mixed_scale_shift.defvjp(_mixed_scale_shift_fwd, _mixed_scale_shift_bwd)
-
-
 def tf_conv_init(key, shape, dtype=jnp.float32):
   """EfficientNet's conv init: normal with stddev sqrt(2 / fan_out)."""
   fan_out = int(np.prod(shape[:2])) * shape[-1]
@@ -324,7 +227,7 @@ class Conv(nn.Module):
     k = self.kernel_size
     kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
     if input_scale is None:
-      y = conv2d(x.astype(self.dtype), kernel, self.stride, self.impl)
+      y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.impl)
     else:
       if k != 1 or self.stride != 1:
         raise ValueError(f'input_scale needs a 1x1 stride-1 convolution, got {k}x{k} stride '
@@ -332,7 +235,7 @@ class Conv(nn.Module):
       kernels = input_scale[:, :, None].astype(self.dtype) * kernel[0, 0].astype(self.dtype)
       y = jnp.einsum('bhwc,bcd->bhwd', x.astype(self.dtype), kernels)
     if self.use_bias:
-      y = scale_shift(y, None, self.param('bias', self.bias_init, (self.features,)))
+      y = y + self.param('bias', self.bias_init, (self.features,)).astype(self.dtype)
     return y
 
 
@@ -348,7 +251,7 @@ class DepthwiseConv(nn.Module):
   def __call__(self, x):
     k = self.kernel_size
     kernel = self.param('depthwise_kernel', self.kernel_init, (k, k, x.shape[-1], 1))
-    return depthwise_conv2d(x.astype(self.dtype), kernel, self.stride, self.impl)
+    return depthwise_conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.impl)
 
 
 class SeparableConv(nn.Module):
@@ -368,10 +271,10 @@ class SeparableConv(nn.Module):
     channels = x.shape[-1]
     dw = self.param('depthwise_kernel', self.depthwise_init, (k, k, channels, 1))
     pw = self.param('pointwise_kernel', self.pointwise_init, (1, 1, channels, self.features))
-    y = depthwise_conv2d(x.astype(self.dtype), dw, 1, self.impl)
-    y = conv2d(y, pw, 1, self.impl)
+    y = depthwise_conv2d(x.astype(self.dtype), dw.astype(self.dtype), 1, self.impl)
+    y = conv2d(y, pw.astype(self.dtype), 1, self.impl)
     if self.use_bias:
-      y = scale_shift(y, None, self.param('bias', self.bias_init, (self.features,)))
+      y = y + self.param('bias', self.bias_init, (self.features,)).astype(self.dtype)
     return y
 
 
@@ -405,7 +308,7 @@ class BatchNorm(nn.Module):
     else:
       mean, var = ra_mean.value, ra_var.value
     inv = jax.lax.rsqrt(var + self.epsilon) * scale
-    return scale_shift(x, inv, bias - mean * inv)
+    return x * inv.astype(self.dtype) + (bias - mean * inv).astype(self.dtype)
 
 
 def batch_norm(train: bool, momentum: float, epsilon: float, dtype: Any, name: str):

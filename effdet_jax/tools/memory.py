@@ -24,6 +24,7 @@ bandwidth; and the bytes all-reduced per step. Times are XLA's estimates, not
 measurements (see docs/tpu.md).
 """
 import json
+import re
 import sys
 import time
 
@@ -121,12 +122,35 @@ def target_report(config: ml_collections.ConfigDict, target: accelerators.Target
   `hlo_path`: where to write the optimized program's text (XLA's per-op choices)."""
   config = target_config(config, target)
   start = time.perf_counter()
-  compiled = compile_for(config, target, global_batch_size, mode)
+  try:
+    compiled = compile_for(config, target, global_batch_size, mode)
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    return _does_not_fit(config, target, global_batch_size, mode, str(e),
+                         time.perf_counter() - start)
   compile_s = time.perf_counter() - start
   if hlo_path:
     with open(hlo_path, 'w') as f:
       f.write(compiled.as_text())
   return report(compiled, config, target, global_batch_size, mode, compile_s)
+
+
+def _does_not_fit(config, target, global_batch_size, mode, message, compile_s) -> dict:
+  """XLA:TPU refuses to compile a program over the HBM; its message says by how much."""
+  needed = re.search(r'required for HLO temporaries \(([\d.]+)G\)', message)
+  devices = len(target.devices)
+  line = next((l for l in message.splitlines() if 'RESOURCE_EXHAUSTED' in l), message[:300])
+  return {
+      'model': config.model.name, 'mode': mode, 'target': target.spec, 'chip': target.chip.name,
+      'devices': devices, 'hosts': target.num_hosts, 'global_batch_size': global_batch_size,
+      'images_per_device': global_batch_size / devices, 'precision': config.model.dtype,
+      'remat': bool(config.model.remat), 'conv_impl': config.model.conv_impl,
+      'image_size': list(batch_spec(config, 1)['image'].shape[1:3]), 'fits': False, 'hbm_bytes_per_device': int(target.chip.hbm_bytes_per_device),
+      'temp_bytes_per_device': int(float(needed.group(1)) * GIB) if needed else None,
+      'peak_bytes_per_device': None, 'estimated_step_s': None, 'flops_per_image': None,
+      'estimated_images_per_sec_per_chip': None, 'xla_error': line.strip(),
+      'compile_s': round(compile_s, 1)}
 
 
 def report(compiled, config: ml_collections.ConfigDict, target: accelerators.Target,
@@ -180,7 +204,11 @@ def _print_target(r: dict):
   print(f"{r['model']} {r['mode']} step on {r['target']} ({r['devices']} x {r['chip']} devices, "
         f"{r['hosts']} host(s)), {r['global_batch_size']} images ({r['images_per_device']:g} per "
         f"device) at {r['image_size']}, {r['precision']}, remat {r['remat']}, "
-        f"{r['conv_impl']} convolutions; compiled in {r['compile_s']:.0f} s")
+        f"{r['conv_impl']} convolutions; "
+        f"compiled in {r['compile_s']:.0f} s")
+  if 'xla_error' in r:
+    print(f"  DOES NOT FIT {g(r['hbm_bytes_per_device'])} of HBM per device: {r['xla_error']}")
+    return
   print(f"  per device: {g(r['state_and_batch_bytes_per_device'])} state + batch, "
         f"{g(r['temp_bytes_per_device'])} temporaries, peak {g(r['peak_bytes_per_device'])} "
         f"+ {g(r['code_bytes_per_device'])} code of {g(r['hbm_bytes_per_device'])} HBM: "
