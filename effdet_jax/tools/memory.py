@@ -30,7 +30,6 @@ import time
 
 from absl import app, flags
 import jax
-from jax.sharding import NamedSharding, PartitionSpec
 import ml_collections
 import numpy as np
 from ml_collections import config_flags
