@@ -1,7 +1,8 @@
-"""EfficientDet D0-D7x: one ConfigDict holding every model, data, train and eval setting.
+"""EfficientDet D0-D7x and Lite0-4/3x: one ConfigDict holding every model, data,
+train and eval setting.
 
 Defaults are the official ones (google/automl `efficientdet/hparams_config.py`).
-Use as `--config configs/efficientdet.py:d3` and override any field from the
+Use as `--config configs/efficientdet.py:d3` (or `:lite0`) and override any field from the
 command line, e.g. `--config.model.fpn_num_filters=96`. `model` and
 `postprocess` are read by the model and the detector; `data`, `loss` and
 `train` hold the official training recipe for the code built on top of them.
@@ -22,6 +23,18 @@ _MODELS = {
     'd7x': ('efficientnet-b7', 1536, 384, 8, 5,
             {'fpn_weight_method': 'sum', 'max_level': 8}),
 }
+# The Lite family: for phones and edge devices, made easy to quantize (ReLU6,
+# plain-sum BiFPN, inputs scaled to about [-1, 1]).
+_LITE = {'fpn_weight_method': 'sum', 'act_type': 'relu6',
+         'mean_rgb': (127.0, 127.0, 127.0), 'stddev_rgb': (128.0, 128.0, 128.0)}
+_MODELS.update({
+    'lite0': ('efficientnet-lite0', 320, 64, 3, 3, dict(_LITE, anchor_scale=3.0)),
+    'lite1': ('efficientnet-lite1', 384, 88, 4, 3, dict(_LITE, anchor_scale=3.0)),
+    'lite2': ('efficientnet-lite2', 448, 112, 5, 3, dict(_LITE, anchor_scale=3.0)),
+    'lite3': ('efficientnet-lite3', 512, 160, 6, 4, _LITE),
+    'lite3x': ('efficientnet-lite3', 640, 200, 6, 4, dict(_LITE, anchor_scale=3.0)),
+    'lite4': ('efficientnet-lite4', 640, 224, 7, 4, _LITE),
+})
 
 MODEL_NAMES = tuple(_MODELS)
 
@@ -36,7 +49,8 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   m.backbone = backbone
   # (width, depth) coefficients overriding the backbone's, for small models; () keeps them.
   m.backbone_scaling = ()
-  m.image_size = (image_size, image_size)   # (height, width), multiples of 2**max_level
+  # (height, width); each level halves it rounding up (Lite0's 320: 40, 20, 10, 5, 3).
+  m.image_size = (image_size, image_size)
   m.min_level = 3
   m.max_level = 7
   m.num_classes = 90
@@ -88,7 +102,7 @@ def split_config(tfds_split: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
-  """The paper's COCO recipe for one size (`arg` in d0 ... d7, d7x)."""
+  """The paper's COCO recipe for one size (`arg` in d0 ... d7, d7x, lite0 ... lite4, lite3x)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = model_config(arg)

@@ -10,11 +10,12 @@ PARITY = os.path.join(os.path.dirname(ROOT), 'shared', 'parity')
 D0_PARITY = os.path.join(PARITY, 'efficientdet-d0')
 
 
-def require_parity():
-  if not os.path.isdir(D0_PARITY):
-    pytest.skip(f'official reference data not found at {PARITY} (../shared/parity beside the '
+def require_parity(folder: str = 'efficientdet-d0'):
+  path = os.path.join(PARITY, folder)
+  if not os.path.isdir(path):
+    pytest.skip(f'official reference data not found at {path} (../shared/parity beside the '
                 f'checkout); parity tests need it')
-  return D0_PARITY
+  return path
 
 
 # The suite runs on the CPU. With libtpu installed (the `tpu` extra, for the

@@ -1,8 +1,13 @@
-"""EfficientNet B0-B7 backbone returning the level 1-5 feature maps.
+"""EfficientNet B0-B7 and Lite0-4 backbones returning the level 1-5 feature maps.
 
 Module and parameter names follow the official Keras model (`stem`,
 `blocks_N/conv2d`, `tpu_batch_normalization_1`, `se/conv2d_1`, ...), so the
 official checkpoints map onto this tree by name.
+
+The Lite backbones (official `efficientnet_lite_builder.py`) are the same
+network made easy to quantize: no squeeze-excite, and a fixed stem (32
+filters) and first and last stage (unscaled repeats) whatever the width and
+depth; their activation (ReLU6) comes from `act_type` like the others'.
 """
 import dataclasses
 import math
@@ -23,6 +28,11 @@ SCALING = {
     'efficientnet-b5': (1.6, 2.2),
     'efficientnet-b6': (1.8, 2.6),
     'efficientnet-b7': (2.0, 3.1),
+    'efficientnet-lite0': (1.0, 1.0),
+    'efficientnet-lite1': (1.0, 1.1),
+    'efficientnet-lite2': (1.1, 1.2),
+    'efficientnet-lite3': (1.2, 1.4),
+    'efficientnet-lite4': (1.4, 1.8),
 }
 DEPTH_DIVISOR = 8
 
@@ -85,16 +95,34 @@ def scaling_of(backbone: str, scaling: Sequence[float] = ()) -> Tuple[float, flo
   return SCALING[backbone]
 
 
+def is_lite(backbone: str) -> bool:
+  return backbone.startswith('efficientnet-lite')
+
+
+def stem_filters(backbone: str, scaling: Sequence[float] = ()) -> int:
+  return STEM_FILTERS if is_lite(backbone) else round_filters(
+      STEM_FILTERS, scaling_of(backbone, scaling)[0])
+
+
 def block_list(backbone: str, scaling: Sequence[float] = ()) -> List[BlockArgs]:
-  """Every MBConv block of a scaled EfficientNet, in order."""
+  """Every MBConv block of a scaled EfficientNet, in order.
+
+  A Lite backbone's first block still records the scaled stem width as its
+  input (the stem itself is not scaled): the official compares that figure
+  with the output width to decide on a residual, so this does too.
+  """
   width, depth = scaling_of(backbone, scaling)
+  lite = is_lite(backbone)
   blocks = []
-  for stage in B0_STAGES:
+  for i, stage in enumerate(B0_STAGES):
     inp = round_filters(stage.input_filters, width)
     out = round_filters(stage.output_filters, width)
-    for r in range(round_repeats(stage.repeats, depth)):
+    fixed = lite and i in (0, len(B0_STAGES) - 1)
+    repeats = stage.repeats if fixed else round_repeats(stage.repeats, depth)
+    se_ratio = 0.0 if lite else stage.se_ratio
+    for r in range(repeats):
       blocks.append(BlockArgs(stage.kernel_size, stage.stride if r == 0 else 1,
-                              stage.expand_ratio, inp if r == 0 else out, out, stage.se_ratio))
+                              stage.expand_ratio, inp if r == 0 else out, out, se_ratio))
   return blocks
 
 
@@ -196,8 +224,7 @@ class EfficientNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool) -> Dict[int, Any]:
-    width, _ = scaling_of(self.backbone, self.scaling)
-    x = Stem(round_filters(STEM_FILTERS, width), self.act_type, self.bn_momentum,
+    x = Stem(stem_filters(self.backbone, self.scaling), self.act_type, self.bn_momentum,
              self.bn_epsilon, self.impl, self.dtype, name='stem')(images, train)
     blocks = block_list(self.backbone, self.scaling)
     block_cls = nn.remat(MBConvBlock, static_argnums=(2,)) if self.remat else MBConvBlock

@@ -17,12 +17,19 @@ from effdet_jax.models import build_model, image_hw
 FLAGS = flags.FLAGS
 
 
-def count_params(config: ml_collections.ConfigDict):
-  """(trainable, total) parameter counts; total includes the BN statistics."""
-  shapes = abstract_variables(config)
-  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+def count_params(config: ml_collections.ConfigDict, variables=None):
+  """(trainable, total) parameter counts; total includes the BN statistics.
+
+  `variables` (or their shapes) spares building the model's abstract variables.
+  """
+  shapes = abstract_variables(config) if variables is None else variables
   trainable = count(shapes['params'])
   return trainable, trainable + count(shapes.get('batch_stats', {}))
+
+
+def count(tree) -> int:
+  """The number of numbers in a tree of arrays or shapes."""
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def forward_flops(config: ml_collections.ConfigDict, batch_size: int = 1) -> float:
