@@ -142,14 +142,22 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   # Length: num_steps if > 0, else num_epochs over the training split.
   config.train.num_steps = 0
   config.train.num_epochs = 600 if arg in ('d7', 'd7x') else 300
-  config.train.momentum = 0.9           # SGD
+  # 'sgd' (momentum) | 'adam' (beta_1 = momentum on the tf2 path; see optim.adam_hyperparameters).
+  config.train.optimizer = 'sgd'
+  config.train.momentum = 0.9
   # Peak learning rate for the global batch: 0.08 per 64 images (set it with the batch).
   config.train.learning_rate = 0.08 * config.train.global_batch_size / 64
-  # Linear warm-up from lr_warmup_init over warmup_steps if > 0, else lr_warmup_epochs;
-  # then the official cosine decay.
+  # Linear warm-up from lr_warmup_init (the official suggests 0.0008 for Adam) over
+  # warmup_steps if > 0, else lr_warmup_epochs; then lr_decay (effdet_jax/optim.py):
+  # 'cosine' | 'stepwise' (x0.1 at first_lr_drop_epoch, x0.01 at second_lr_drop_epoch)
+  # | 'polynomial' ((1 - step / total) ** poly_lr_power) | 'constant' (no warm-up; TF1).
   config.train.lr_warmup_init = 0.008
   config.train.warmup_steps = 0
   config.train.lr_warmup_epochs = 1.0
+  config.train.lr_decay = 'cosine'
+  config.train.first_lr_drop_epoch = 200.0
+  config.train.second_lr_drop_epoch = 250.0
+  config.train.poly_lr_power = 0.9
   config.train.clip_gradients_norm = 10.0
   config.train.weight_decay = 4e-5      # L2 on kernels, as the official
   config.train.ema_decay = 0.9998       # 0 disables the EMA

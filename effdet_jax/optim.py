@@ -1,4 +1,4 @@
-"""The official optimization recipe: schedule, L2, clipping, SGD momentum, frozen variables, EMA.
+"""The official optimization recipe: schedule, L2, clipping, SGD or Adam, frozen variables, EMA.
 
 The update works on the parameters raveled into one vector (`ParamLayout`):
 per-tensor optimizer, EMA and bookkeeping ops over ~600 leaves made XLA's
@@ -6,7 +6,7 @@ compile of the train step twice as long (54 s -> 27 s for the test model on
 CPU) for no runtime gain.
 """
 import re
-from typing import Callable
+from typing import Callable, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +16,17 @@ from flax import traverse_util
 from jax.flatten_util import ravel_pytree
 
 
-def schedule_lengths(train: ml_collections.ConfigDict, examples_per_epoch: int):
-  """(total steps, warm-up steps) from the config, epochs converted with the global batch."""
+class Lengths(NamedTuple):
+  """A run's schedule in steps."""
+  total: int
+  warmup: int
+  first_drop: int    # stepwise decay: x0.1 from here
+  second_drop: int   # and x0.01 from here
+
+
+def schedule_lengths(train: ml_collections.ConfigDict, examples_per_epoch: int) -> Lengths:
+  """The schedule in steps from the config, epochs converted with the global batch
+  (`int(epochs * steps_per_epoch)`, as the official)."""
   steps_per_epoch = examples_per_epoch / train.global_batch_size
   total = int(train.num_steps) if train.num_steps > 0 else int(train.num_epochs * steps_per_epoch)
   warmup = (int(train.warmup_steps) if train.warmup_steps > 0
@@ -25,27 +34,55 @@ def schedule_lengths(train: ml_collections.ConfigDict, examples_per_epoch: int):
   if total < 1:
     raise ValueError(f'the run has {total} steps: set config.train.num_steps or num_epochs '
                      f'({examples_per_epoch} examples per epoch, global batch {train.global_batch_size})')
-  return total, max(warmup, 1)
+  return Lengths(total, max(warmup, 1), int(train.first_lr_drop_epoch * steps_per_epoch),
+                 int(train.second_lr_drop_epoch * steps_per_epoch))
+
+
+LR_DECAYS = ('cosine', 'stepwise', 'polynomial', 'constant')
 
 
 def learning_rate_schedule(peak: float, warmup_init: float, warmup_steps: int,
-                           total_steps: int) -> Callable[[jnp.ndarray], jnp.ndarray]:
-  """Linear warm-up from `warmup_init`, then the official cosine.
+                           total_steps: int, decay: str = 'cosine',
+                           drop_steps: Tuple[int, int] = (0, 0),
+                           power: float = 0.9) -> Callable[[jnp.ndarray], jnp.ndarray]:
+  """Linear warm-up from `warmup_init` over `warmup_steps`, then one of the
+  official decays (google/automl `det_model_fn.py` and `tf2/train_lib.py` agree),
+  all in float32 as there:
 
-  As google/automl's `CosineLrSchedule`, the cosine runs over the step count
-  itself (not the steps since warm-up) with period `total - warmup`: it is at
-  0.5 * peak * (1 + cos(pi * warmup / (total - warmup))) right after warm-up and
-  reaches 0 at `total - warmup`.
+  - 'cosine': 0.5 * peak * (1 + cos(pi * step / (total - warmup))). The cosine
+    runs over the step count itself, not the steps since warm-up: it is just
+    under the peak right after warm-up and reaches 0 at `total - warmup`.
+  - 'stepwise': the peak, x0.1 from `drop_steps[0]`, x0.01 from `drop_steps[1]`.
+  - 'polynomial': peak * (1 - step / total) ** power.
+  - 'constant': the peak from the first step, no warm-up (TF1 only).
   """
+  if decay not in LR_DECAYS:
+    raise ValueError(f'config.train.lr_decay must be one of {LR_DECAYS}, got {decay!r}')
   decay_steps = max(total_steps - warmup_steps, 1)
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
+    if decay == 'constant':
+      return jnp.full_like(step, peak)
     warm = warmup_init + step / warmup_steps * (peak - warmup_init)
-    cosine = 0.5 * peak * (1 + jnp.cos(jnp.pi * step / decay_steps))
-    return jnp.where(step < warmup_steps, warm, cosine)
+    if decay == 'cosine':
+      decayed = 0.5 * peak * (1 + jnp.cos(jnp.pi * step / decay_steps))
+    elif decay == 'polynomial':
+      decayed = peak * jnp.power(1 - step / total_steps, power)
+    else:
+      decayed = jnp.where(step < warmup_steps, warm, peak)
+      for mult, start in ((1.0, warmup_steps), (0.1, drop_steps[0]), (0.01, drop_steps[1])):
+        decayed = jnp.where(step < start, decayed, peak * mult)
+    return jnp.where(step < warmup_steps, warm, decayed)
 
   return schedule
+
+
+def config_schedule(train: ml_collections.ConfigDict, lengths: Lengths):
+  """The learning rate schedule a config asks for."""
+  return learning_rate_schedule(train.learning_rate, train.lr_warmup_init, lengths.warmup,
+                                lengths.total, train.lr_decay,
+                                (lengths.first_drop, lengths.second_drop), train.poly_lr_power)
 
 
 class ParamLayout:
@@ -168,6 +205,44 @@ def sgd_momentum(params, momentum, grads, learning_rate, beta: float, official_p
     return params + velocity, velocity
   momentum = beta * momentum + grads
   return params - learning_rate * momentum, momentum
+
+
+OPTIMIZERS = ('sgd', 'adam')
+ADAM_BETA_2 = 0.999
+
+
+def check_optimizer(name: str) -> str:
+  if name not in OPTIMIZERS:
+    raise ValueError(f'config.train.optimizer must be one of {OPTIMIZERS}, got {name!r}')
+  return name
+
+
+def adam_hyperparameters(momentum: float, official_path: str) -> Tuple[float, float]:
+  """(beta_1, epsilon) of the official Adam.
+
+  - 'tf2', Keras `Adam(lr, beta_1=momentum)`: epsilon 1e-7.
+  - 'tf1', `tf.train.AdamOptimizer(lr)`: the official passes no momentum, so
+    beta_1 is TF's default 0.9 whatever `train.momentum` says; epsilon 1e-8.
+  """
+  if check_official_path(official_path) == 'tf2':
+    return momentum, 1e-7
+  return 0.9, 1e-8
+
+
+def adam_step_size(learning_rate, step, beta_1: float):
+  """lr * sqrt(1 - b2^t) / (1 - b1^t) with t = step + 1 (`step`: updates made before)."""
+  t = jnp.asarray(step, jnp.float32) + 1.0
+  return learning_rate * jnp.sqrt(1.0 - ADAM_BETA_2 ** t) / (1.0 - beta_1 ** t)
+
+
+def adam(params, first, second, grads, step_size, beta_1: float, epsilon: float):
+  """Adam as TF's kernels write it (L2 is in the loss, as the official has it);
+  `first`, `second` are the moment slots:
+  m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); w -= step_size * m / (sqrt(v) + epsilon).
+  """
+  first = first + (grads - first) * (1.0 - beta_1)
+  second = second + (jnp.square(grads) - second) * (1.0 - ADAM_BETA_2)
+  return params - first * step_size / (jnp.sqrt(second) + epsilon), first, second
 
 
 def ema_decay(base: float, step: jnp.ndarray, official_path: str) -> jnp.ndarray:

@@ -99,22 +99,22 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   source = input_pipeline.open_source(config, 'train')
   examples = source.num_examples(0, 1)
-  total_steps, warmup_steps = optim.schedule_lengths(config.train, examples)
-  schedule = optim.learning_rate_schedule(config.train.learning_rate, config.train.lr_warmup_init,
-                                          warmup_steps, total_steps)
+  lengths = optim.schedule_lengths(config.train, examples)
+  total_steps, warmup_steps = lengths.total, lengths.warmup
+  schedule = optim.config_schedule(config.train, lengths)
 
   ckpts = checkpoint.TrainCheckpoints(workdir, config.train.keep_checkpoints)
   abstract_vars = convert.abstract_variables(config)
   layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
   abstract_state = checkpoint.abstract_like(
-      jax.eval_shape(lambda v: create_state(v, layout), abstract_vars), replicated)
+      jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer), abstract_vars), replicated)
   latest = ckpts.latest_step()
   if latest is not None:
     logging.info('resuming from %s step %d', ckpts.directory, latest)
     state = ckpts.restore(abstract_state, latest)
   else:
     variables = parallel.replicate(initial_variables(config), mesh)
-    state = jax.jit(lambda v: create_state(v, layout), out_shardings=replicated)(variables)
+    state = jax.jit(lambda v: create_state(v, layout, config.train.optimizer), out_shardings=replicated)(variables)
   start = int(state.step)
 
   data = input_pipeline.train_data(config, start_step=start, source=source)

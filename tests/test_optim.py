@@ -1,4 +1,6 @@
 """The two official optimizer paths, each against a hand computation."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,3 +77,74 @@ def test_per_element_without_a_gather_gives_the_same_values():
   np.testing.assert_array_equal(layout.per_element(values, segments), [0.25, 0.25, -3.0, -3.0])
   np.testing.assert_array_equal(jax.jit(layout.broadcast)(values),
                                 jax.jit(layout.per_element)(values, segments))
+
+
+def _rates(decay, steps, **kw):
+  schedule = optim.learning_rate_schedule(1.0, 0.1, 10, 100, decay, **kw)
+  return [float(schedule(s)) for s in steps]
+
+
+def test_cosine_schedule_is_the_official_formula():
+  # 0.1 + s / 10 * 0.9 during warm-up; 0.5 * (1 + cos(pi * s / 90)) after.
+  want = [0.1, 0.1 + 5 / 10 * 0.9, 0.5 * (1 + math.cos(math.pi * 10 / 90)),
+          0.5 * (1 + math.cos(math.pi * 60 / 90)), 0.0]
+  np.testing.assert_allclose(_rates('cosine', [0, 5, 10, 60, 90]), want, rtol=1e-6, atol=1e-7)
+
+
+def test_stepwise_schedule_drops_tenfold_twice():
+  rates = _rates('stepwise', [0, 9, 10, 49, 50, 79, 80, 99], drop_steps=(50, 80))
+  np.testing.assert_allclose(rates, [0.1, 0.1 + 0.9 * 0.9, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01],
+                             rtol=1e-6)
+
+
+def test_polynomial_schedule_counts_from_step_zero():
+  # peak * (1 - s / total) ** power, s the step itself (not the steps since warm-up).
+  rates = _rates('polynomial', [3, 10, 50, 99], power=0.9)
+  np.testing.assert_allclose(rates, [0.1 + 0.3 * 0.9, 0.9 ** 0.9, 0.5 ** 0.9, 0.01 ** 0.9],
+                             rtol=1e-5)
+
+
+def test_constant_schedule_has_no_warm_up_and_unknown_decay_is_named():
+  assert _rates('constant', [0, 5, 99]) == [1.0, 1.0, 1.0]
+  with pytest.raises(ValueError, match='lr_decay'):
+    optim.learning_rate_schedule(1.0, 0.1, 10, 100, 'exponential')
+
+
+def test_drop_epochs_become_steps_as_the_official_converts_them():
+  from configs.efficientdet import get_config
+  train = get_config('d0').train
+  lengths = optim.schedule_lengths(train, 117266)     # COCO 2017 train, batch 128
+  steps_per_epoch = 117266 / 128
+  assert lengths == (int(300 * steps_per_epoch), int(steps_per_epoch),
+                     int(200 * steps_per_epoch), int(250 * steps_per_epoch))
+
+
+def _hand_adam(grads, rates, beta_1, epsilon, beta_2=0.999):
+  w, m, v = np.zeros(2), np.zeros(2), np.zeros(2)
+  for t, (g, lr) in enumerate(zip(grads, rates), start=1):
+    g = np.asarray(g)
+    m = beta_1 * m + (1 - beta_1) * g
+    v = beta_2 * v + (1 - beta_2) * g * g
+    m_hat, v_hat = m / (1 - beta_1 ** t), v / (1 - beta_2 ** t)
+    # TF puts epsilon beside sqrt(v), not sqrt(v_hat): epsilon / sqrt(1 - b2^t) here.
+    w = w - lr * m_hat / (np.sqrt(v_hat) + epsilon / np.sqrt(1 - beta_2 ** t))
+  return w
+
+
+@pytest.mark.parametrize('path,beta_1,epsilon', [('tf1', 0.9, 1e-8), ('tf2', 0.8, 1e-7)])
+def test_adam_is_the_official_one_on_each_path(path, beta_1, epsilon):
+  """tf2 takes beta_1 from train.momentum (0.8 here); tf1 keeps TF's 0.9."""
+  grads = [[1.0, -2e-7], [0.5, 1e-7], [-1.0, 3e-7]]
+  rates = [0.1, 0.2, 0.3]
+  momentum = 0.8
+  assert optim.adam_hyperparameters(momentum, path) == (beta_1, epsilon)
+  params, first, second = jnp.zeros(2), jnp.zeros(2), jnp.zeros(2)
+  for step, (g, lr) in enumerate(zip(grads, rates)):
+    size = optim.adam_step_size(lr, step, beta_1)
+    params, first, second = optim.adam(params, first, second, jnp.asarray(g), size, beta_1,
+                                       epsilon)
+  # float32 as TF: 1 - 0.999^t alone rounds by ~6e-5 relative.
+  np.testing.assert_allclose(params, _hand_adam(grads, rates, beta_1, epsilon), rtol=5e-4)
+  # The tiny second gradient makes epsilon matter: another epsilon is far off there.
+  other = _hand_adam(grads, rates, beta_1, 1e-7 if epsilon == 1e-8 else 1e-8)
+  assert abs(other[1] / float(params[1]) - 1) > 0.1

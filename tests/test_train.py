@@ -178,6 +178,30 @@ def test_fine_tune_from_a_checkpoint_with_a_frozen_backbone(data_root, tmp_path)
       layout.flatten(convert.init_variables(config, jax.random.PRNGKey(0)))[0])).mean()
 
 
+def test_adam_with_stepwise_decay_trains_resumes_and_logs_the_official_rates(data_root, tmp_path):
+  """16 images in batches of 4: 4 steps an epoch, so the drops at epochs 0.5 and
+  0.75 fall at steps 2 and 3."""
+  config = tiny_train_config.get_config(data_root)
+  workdir = str(tmp_path / 'adam')
+  flags = ['--config.train.optimizer=adam', '--config.train.lr_decay=stepwise',
+           '--config.train.learning_rate=0.01', '--config.train.lr_warmup_init=0.001',
+           '--config.train.warmup_steps=1', '--config.train.first_lr_drop_epoch=0.5',
+           '--config.train.second_lr_drop_epoch=0.75', '--config.train.num_steps=4',
+           '--config.train.log_every_steps=1']
+  _run(data_root, workdir, *flags, '--stop_at_step=1')
+  step, state = _final_state(workdir)
+  assert step == 1 and state['second_moment'].shape == state['params'].shape
+  # Adam's first step moves every weight with a gradient by the learning rate
+  # (m / sqrt(v) = sign(g) after bias correction), whatever the gradient's size.
+  initial = np.asarray(optim.ParamLayout(convert.abstract_variables(config)).flatten(
+      convert.init_variables(config, jax.random.PRNGKey(config.seed)))[0])
+  moved = np.abs(state['params'] - initial)
+  assert np.mean(np.abs(moved / 0.001 - 1) < 0.02) > 0.9, np.percentile(moved, [5, 50, 95])
+  _run(data_root, workdir, *flags)    # resumes at step 1
+  rates = [(r['step'], r['learning_rate']) for r in read_metrics(workdir)]
+  np.testing.assert_allclose(rates, [(1, 0.001), (2, 0.01), (3, 0.001), (4, 0.0001)], rtol=1e-6)
+
+
 def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(data_root, tmp_path):
   flags = ['--config.train.learning_rate=1e30', '--config.train.clip_gradients_norm=0',
            '--config.train.num_steps=10', '--config.train.warmup_steps=1']
@@ -211,7 +235,7 @@ results = []
 for devices in (jax.devices()[:1], jax.devices()):
   mesh = parallel.create_mesh(devices=devices)
   rep = parallel.replicated(mesh)
-  state = jax.jit(lambda v: create_state(v, layout), out_shardings=rep)(parallel.replicate(variables, mesh))
+  state = jax.jit(lambda v: create_state(v, layout, config.train.optimizer), out_shardings=rep)(parallel.replicate(variables, mesh))
   device_batch = parallel.to_global({k: batch[k] for k in input_pipeline.TRAIN_DEVICE_KEYS},
                                     parallel.batch_sharding(mesh))
   fn = jax.jit(step, out_shardings=rep)

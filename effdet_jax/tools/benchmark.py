@@ -170,7 +170,8 @@ def _train_step_and_inputs(config, batch_size: int):
            'classes': jnp.where(jnp.arange(m) < 8, 1, -1) * jnp.ones((batch_size, 1), jnp.int32),
            'image_valid': jnp.ones((batch_size,), bool)}
   segments = jnp.asarray(layout.segment_ids())
-  state = jax.jit(lambda v: create_state(v, layout))(variables)   # distinct buffers, all donated
+  # Distinct buffers, all donated.
+  state = jax.jit(lambda v: create_state(v, layout, config.train.optimizer))(variables)
   return step, (state, batch, segments)
 
 

@@ -48,7 +48,7 @@ def train_step_memory(config, per_device_batch: int):
   """The host backend's figures for one device (no sharding)."""
   abstract_vars = convert.abstract_variables(config)
   layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
-  state = jax.eval_shape(lambda v: create_state(v, layout), abstract_vars)
+  state = jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer), abstract_vars)
   batch = batch_spec(config, per_device_batch)
   segments = jax.ShapeDtypeStruct((layout.num_params,), np.int32)
   start = time.perf_counter()
@@ -73,7 +73,8 @@ def _schedule(config):
   """The run's schedule shape; its values do not change the program's cost."""
   t = config.train
   total = max(t.num_steps, t.warmup_steps + 1, 2)
-  return optim.learning_rate_schedule(t.learning_rate, t.lr_warmup_init, t.warmup_steps, total)
+  return optim.config_schedule(t, optim.Lengths(total, max(t.warmup_steps, 1), total // 2,
+                                                total * 3 // 4))
 
 
 def _placed(tree, sharding):
@@ -95,7 +96,8 @@ def compile_for(config: ml_collections.ConfigDict, target: accelerators.Target,
   with platforms.target(target.platform):
     if mode == 'train':
       layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
-      state = _placed(jax.eval_shape(lambda v: create_state(v, layout), abstract_vars), replicated)
+      state = _placed(jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer),
+                                     abstract_vars), replicated)
       segments = jax.ShapeDtypeStruct((layout.num_params,), np.int32, sharding=replicated)
       step = jit_train_step(config, layout, _schedule(config), mesh)
       lowered = step.lower(state, _placed(batch_spec(config, global_batch_size), split), segments)
