@@ -27,7 +27,7 @@ class TrainState:
   step: jnp.ndarray
   params: jnp.ndarray            # [P] float32 (float64 for a float64 run)
   momentum: jnp.ndarray          # [P] SGD's momentum, or Adam's first moment
-  second_moment: jnp.ndarray     # [P] Adam's; [0] for SGD
+  second_moment: jnp.ndarray     # [P] Adam's; a scalar 0 for SGD (orbax saves no empty array)
   batch_stats: jnp.ndarray       # [S] BatchNorm moving means and variances
   ema_params: jnp.ndarray
   ema_batch_stats: jnp.ndarray
@@ -53,7 +53,7 @@ def create_state(variables, layout: optim.ParamLayout, optimizer: str) -> TrainS
   adam = optim.check_optimizer(optimizer) == 'adam'
   return TrainState(
       step=jnp.zeros([], jnp.int32), params=params, momentum=jnp.zeros_like(params),
-      second_moment=jnp.zeros(params.shape if adam else (0,), params.dtype),
+      second_moment=jnp.zeros(params.shape if adam else (), params.dtype),
       batch_stats=batch_stats, ema_params=params, ema_batch_stats=batch_stats,
       metric_sums={k: jnp.zeros([], layout.dtype) for k in METRICS},
       metric_count=jnp.zeros([], jnp.int32), first_nonfinite_step=jnp.full([], -1, jnp.int32),
@@ -136,7 +136,8 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
     return state.replace(
         step=state.step + 1, params=keep(params, state.params),
         momentum=keep(momentum, state.momentum),
-        second_moment=keep(second_moment, state.second_moment), batch_stats=keep(batch_stats, state.batch_stats),
+        second_moment=keep(second_moment, state.second_moment),
+        batch_stats=keep(batch_stats, state.batch_stats),
         ema_params=keep(ema_params, state.ema_params),
         ema_batch_stats=keep(ema_batch_stats, state.ema_batch_stats),
         metric_sums=sums,

@@ -93,6 +93,8 @@ def test_export_writes_both_formats_from_the_latest_checkpoint(trained):
   assert sorted(os.listdir(os.path.join(output, 'bundle'))) == [
       'bundle.json', 'categories.json', 'config.json', 'variables']
   assert os.path.isfile(os.path.join(output, 'saved_model', 'saved_model.pb'))
+  assert sorted(os.listdir(os.path.join(output, 'tflite'))) == ['categories.json', 'model.tflite']
+  assert summary['tflite']['quantize'] == 'none' and summary['tflite']['bytes'] > 0
 
 
 def test_tf_checkpoint_reads_back_raw_and_ema_weights(trained):
@@ -151,6 +153,15 @@ def test_benchmark_times_the_saved_model(trained):
   assert result['image_size'] == list(trained[0].model.image_size)   # the model's input size
   assert result['images_per_sec'] > 0 and result['load_s'] > 0
   assert result['compile_s'] == pytest.approx(result['first_call_s'], abs=0.01)   # TF traces then
+
+
+def test_benchmark_times_the_tflite_model(trained):
+  from effdet_jax.tools import benchmark
+  config, _, _, _, summary, _, _ = trained
+  result = benchmark.benchmark_tflite(summary['tflite']['path'], repeats=2, warmup=1, threads=1)
+  assert result['mode'] == 'tflite' and result['threads'] == 1
+  assert result['image_size'] == list(config.model.image_size) and result['input_dtype'] == 'float32'
+  assert result['images_per_sec'] > 0 and result['bytes'] == summary['tflite']['bytes']
 
 
 def test_bundle_loads_into_the_detector_with_ema_weights_and_categories(trained, tmp_path):

@@ -4,13 +4,14 @@ from ml_collections import config_flags
 
 from effdet_jax.export.exporter import FORMATS, export
 from effdet_jax.export.saved_model import PLATFORMS
+from effdet_jax.export.tflite import QUANTIZATIONS
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
 flags.DEFINE_string('checkpoint', None, 'training workdir or checkpoints/<step> directory (EMA '
                     'weights), converted directory, bundle, or official TF checkpoint')
-flags.DEFINE_string('output', None, 'directory to write bundle/, saved_model/, tf_checkpoint/ and '
-                    'export.json to')
+flags.DEFINE_string('output', None, 'directory to write bundle/, saved_model/, tf_checkpoint/, '
+                    'tflite/ and export.json to')
 flags.DEFINE_list('format', ['all'], f'some of {FORMATS}')
 flags.DEFINE_string('categories', '', 'COCO annotation file or categories.json naming the '
                     "model's classes (default: the training run's, or COCO's for 90 classes)")
@@ -20,6 +21,12 @@ flags.DEFINE_bool('static_batch', False, 'SavedModel: accept exactly --batch_siz
 flags.DEFINE_string('image_size', '', 'SavedModel: HEIGHTxWIDTH of serving_default images '
                     '(default: any size)')
 flags.DEFINE_list('platforms', [], f'SavedModel: some of {PLATFORMS} (default: this machine\'s)')
+flags.DEFINE_enum('quantize', 'none', QUANTIZATIONS, 'TFLite: float32 (none), float16 weights, '
+                  'or int8 weights and activations (needs --calibration_images)')
+flags.DEFINE_string('calibration_images', '', 'TFLite int8: a folder of photos like the ones the '
+                    'model will see, to measure activation ranges on')
+flags.DEFINE_integer('calibration_limit', 100, 'TFLite int8: photos of --calibration_images used '
+                     'at most')
 flags.mark_flags_as_required(['config', 'checkpoint', 'output'])
 
 
@@ -38,10 +45,11 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   summary = export(FLAGS.config, FLAGS.checkpoint, FLAGS.output, FLAGS.format, FLAGS.categories,
                    FLAGS.per_class_nms, FLAGS.batch_size, FLAGS.static_batch,
-                   _image_size(FLAGS.image_size), FLAGS.platforms)
+                   _image_size(FLAGS.image_size), FLAGS.platforms, FLAGS.quantize,
+                   FLAGS.calibration_images, FLAGS.calibration_limit)
   print(f"exported {summary['model']} (step {summary['step']}) from {summary['checkpoint']} "
         f"in {summary['seconds']:.1f} s:")
-  for name in ('bundle', 'saved_model', 'tf_checkpoint'):
+  for name in ('bundle', 'saved_model', 'tf_checkpoint', 'tflite'):
     if name in summary:
       part = summary[name]
       print(f"  {name}: {part['path']} ({part['bytes'] / 2**20:.1f} MiB, {part['seconds']:.1f} s)")

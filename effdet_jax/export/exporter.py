@@ -15,12 +15,15 @@ from effdet_jax.data import categories as categories_lib
 from effdet_jax.export import bundle as bundle_lib
 from effdet_jax.export import saved_model as saved_model_lib
 from effdet_jax.export import tf_checkpoint as tf_checkpoint_lib
+from effdet_jax.export import tflite as tflite_lib
 from effdet_jax.models import image_hw
 
-FORMATS = ('bundle', 'saved_model', 'tf_checkpoint', 'all')
+FORMATS = ('bundle', 'saved_model', 'tf_checkpoint', 'tflite', 'all')
 BUNDLE_DIR = 'bundle'
 SAVED_MODEL_DIR = 'saved_model'
 TF_CHECKPOINT_DIR = 'tf_checkpoint'
+TFLITE_DIR = 'tflite'
+TFLITE_FILE = 'model.tflite'
 SUMMARY_FILE = 'export.json'
 COCO_MODEL_CLASSES = 90
 
@@ -55,10 +58,16 @@ def export(config: ml_collections.ConfigDict, checkpoint_path: str, output: str,
            formats: Sequence[str] = ('all',), categories_file: str = '',
            per_class: Optional[bool] = None, batch_size: int = 1, static_batch: bool = False,
            image_size: Optional[Tuple[int, int]] = None,
-           platforms: Sequence[str] = ()) -> Dict:
-  """Write `output/bundle`, `output/saved_model` and/or `output/tf_checkpoint`, and
-  `output/export.json` (what was written, from which checkpoint, sizes and times);
-  returns the latter."""
+           platforms: Sequence[str] = (), quantize: str = 'none',
+           calibration_images: str = '', calibration_limit: int = 100) -> Dict:
+  """Write `output/bundle`, `output/saved_model`, `output/tf_checkpoint` and/or
+  `output/tflite/model.tflite` (with the `categories.json` its class indices
+  stand for), and `output/export.json` (what was written, from which
+  checkpoint, sizes and times); returns the latter.
+
+  `quantize`, `calibration_images` (a folder of photos) and `calibration_limit`
+  (photos used at most) are for the TFLite model (see export/tflite.py).
+  """
   unknown = [f for f in formats if f not in FORMATS]
   if unknown or not formats:
     raise ValueError(f'unsupported export format(s) {unknown or formats}; expected some of '
@@ -98,6 +107,17 @@ def export(config: ml_collections.ConfigDict, checkpoint_path: str, output: str,
     tf_checkpoint_lib.write_tf_checkpoint(target, config, raw, ema, step)
     summary['tf_checkpoint'] = {'path': target, 'bytes': _size(target), 'ema': ema is not None,
                                 'seconds': round(time.perf_counter() - begin, 1)}
+  if 'tflite' in formats:
+    target = os.path.join(output, TFLITE_DIR)
+    calibration = (tflite_lib.calibration_images(calibration_images, config, calibration_limit)
+                   if calibration_images else None)
+    info = tflite_lib.export_tflite(os.path.join(target, TFLITE_FILE), config, variables,
+                                    quantize=quantize, calibration=calibration)
+    categories.save(os.path.join(target, categories_lib.FILENAME))
+    summary['tflite'] = {'path': os.path.join(target, TFLITE_FILE), 'bytes': info.bytes,
+                         'seconds': info.export_seconds, 'quantize': info.quantize,
+                         'calibration_images': info.calibration_images,
+                         'tensorflow': tf.__version__}
   summary['seconds'] = round(time.perf_counter() - start, 1)
   with tf.io.gfile.GFile(os.path.join(output, SUMMARY_FILE), 'w') as f:
     json.dump(summary, f, indent=1)

@@ -71,7 +71,7 @@ def _version(text: str) -> Tuple[int, ...]:
   return tuple(int(p) for p in text.split('.'))
 
 
-def _serialize_for_tf(exported: jax.export.Exported) -> Tuple[bytes, str]:
+def serialize_for_tf(exported: jax.export.Exported) -> Tuple[bytes, str]:
   """The module as a StableHLO artifact the installed TensorFlow can read."""
   target = tf_stablehlo.get_current_version()
   maximum = tfxla.call_module_maximum_supported_version()
@@ -83,6 +83,22 @@ def _serialize_for_tf(exported: jax.export.Exported) -> Tuple[bytes, str]:
   except Exception as e:  # the TF-side parser raises plain exceptions
     raise RuntimeError(f'TensorFlow {tf.__version__} (StableHLO {target}) cannot read the module '
                        f'JAX {jax.__version__} exported: {e}') from e
+
+
+def call_exported(exported: jax.export.Exported, module: bytes, args) -> tuple:
+  """TF's `XlaCallModule` op running `module` (from `serialize_for_tf`) on `args`."""
+  args = [a for i, a in enumerate(args) if i in exported.module_kept_var_idx]
+  attrs = {}
+  if exported.calling_convention_version >= 10:
+    attrs['use_shardy_partitioner'] = jax.config.jax_use_shardy_partitioner
+  outputs = tfxla.call_module(
+      args, version=exported.calling_convention_version, module=module,
+      Tout=[tf.as_dtype(a.dtype) for a in exported.out_avals],
+      Sout=[a.shape for a in exported.out_avals],
+      platforms=[p.upper() for p in exported.platforms],
+      disabled_checks=[str(c) for c in exported.disabled_safety_checks],
+      function_list=[], has_token_input_output=False, **attrs)
+  return tuple(outputs)
 
 
 class _ServingModule(tf.Module):
@@ -119,20 +135,7 @@ class _ServingModule(tf.Module):
     return tf.ensure_shape(padded, [height, width, 3]), 1.0 / scale
 
   def _call_module(self, images, scales):
-    exported = self._exported
-    args = [self.weights, images, scales]
-    args = [a for i, a in enumerate(args) if i in exported.module_kept_var_idx]
-    attrs = {}
-    if exported.calling_convention_version >= 10:
-      attrs['use_shardy_partitioner'] = jax.config.jax_use_shardy_partitioner
-    outputs = tfxla.call_module(
-        args, version=exported.calling_convention_version, module=self._module,
-        Tout=[tf.as_dtype(a.dtype) for a in exported.out_avals],
-        Sout=[a.shape for a in exported.out_avals],
-        platforms=[p.upper() for p in exported.platforms],
-        disabled_checks=[str(c) for c in exported.disabled_safety_checks],
-        function_list=[], has_token_input_output=False, **attrs)
-    return tuple(outputs)
+    return call_exported(self._exported, self._module, [self.weights, images, scales])
 
   @tf.function(autograph=False)
   def _detect(self, images, scales):
@@ -211,7 +214,7 @@ def export_saved_model(directory: str, config: ml_collections.ConfigDict, variab
            jax.ShapeDtypeStruct((batch_size, height, width, 3), jnp.float32),
            jax.ShapeDtypeStruct((batch_size,), jnp.float32))
   exported = jax.export.export(jax.jit(module_fn), platforms=platforms)(*specs)
-  module, version = _serialize_for_tf(exported)
+  module, version = serialize_for_tf(exported)
   batch = batch_size if static_batch else None
   images_shape = [batch, *(image_size or (None, None)), 3]
   serving = _ServingModule(exported, module, np.asarray(weights), config,

@@ -20,6 +20,9 @@ Modes:
          `effdet_jax.export`) run by TensorFlow: preprocessing, network and
          post-processing on a batch of uint8 images of the model's input size
          (`--image_size HxW` for another), through `serving_default`.
+  tflite  an exported TFLite model (`--tflite FILE`) run by `tf.lite.Interpreter`
+         with `--threads` threads (0: all cores) on one image of the model's
+         input size: network and post-process op.
   train  the full jitted train step (forward, on-device anchor targets, loss,
          backward, clipping, SGD, EMA) on a device-resident batch of random
          images with 8 random boxes each, state donated as in training.
@@ -50,7 +53,7 @@ from effdet_jax.models import build_model, image_hw, inference, layers
 from effdet_jax.tools import timing
 
 FLAGS = flags.FLAGS
-MODES = ('infer', 'postprocess', 'input', 'train', 'compile', 'ops', 'saved_model')
+MODES = ('infer', 'postprocess', 'input', 'train', 'compile', 'ops', 'saved_model', 'tflite')
 
 
 def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
@@ -248,6 +251,21 @@ def benchmark_saved_model(directory: str, batch_size: int, repeats: int, warmup:
               peak_host_memory_mib=_peak_host_memory_mib())
 
 
+def benchmark_tflite(path: str, repeats: int, warmup: int, threads: int):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  interpreter = tf.lite.Interpreter(model_path=path, num_threads=threads or os.cpu_count())
+  runner = interpreter.get_signature_runner('serving_default')
+  detail = runner.get_input_details()['images']
+  images = np.random.default_rng(0).integers(0, 256, detail['shape']).astype(detail['dtype'])
+  timed = timing.measure(lambda: runner(images=images)['num_detections'], repeats, warmup + 1,
+                         label='TFLite')
+  return dict(_rates(timed, 1), mode='tflite', tflite=path, threads=threads or os.cpu_count(),
+              image_size=[int(v) for v in detail['shape'][1:3]],
+              input_dtype=np.dtype(detail['dtype']).name, bytes=os.path.getsize(path),
+              backend='tflite ' + tf.__version__, peak_host_memory_mib=_peak_host_memory_mib())
+
+
 def _time(fn, args, batch_size: int, repeats: int, warmup: int, label: str):
   compiled, compile_s = timing.compile_timed(fn, *args, label=label)
   timed = timing.measure(lambda: jax.block_until_ready(compiled(*args)), repeats, warmup, label)
@@ -294,6 +312,16 @@ def main(argv):
           f"{result['images_per_sec']:.2f} images/s, {result['step_ms_median']:.1f} ms/call "
           f"(median of {repeats}), first call {result['compile_s']:.1f} s, peak host memory "
           f"{result['peak_host_memory_mib']} MiB")
+    _print_json(result)
+    return
+  if FLAGS.mode == 'tflite':
+    if not FLAGS.tflite:
+      raise app.UsageError('--mode tflite needs --tflite FILE')
+    result = benchmark_tflite(FLAGS.tflite, repeats, FLAGS.warmup, FLAGS.threads)
+    print(f"TFLite {result['tflite']} ({result['bytes'] / 2**20:.1f} MiB, {result['input_dtype']} "
+          f"{result['image_size'][0]}x{result['image_size'][1]}) on {result['threads']} threads: "
+          f"{result['images_per_sec']:.2f} images/s, {result['step_ms_median']:.1f} ms/call "
+          f"(median of {repeats})")
     _print_json(result)
     return
   if FLAGS.config is None:
@@ -367,8 +395,10 @@ if __name__ == '__main__':
                        'is always made and timed alone (first_call_s)')
   flags.DEFINE_bool('json', False, 'print one JSON object as the last line')
   flags.DEFINE_bool('per_class', False, 'postprocess mode: NMS per class')
-  flags.DEFINE_integer('threads', 0, 'input mode: tf.data threads (0: all cores)')
+  flags.DEFINE_integer('threads', 0, 'input mode: tf.data threads; tflite mode: interpreter '
+                       'threads (0: all cores)')
   flags.DEFINE_string('synthetic_dir', '', 'input mode: generate and read a synthetic COCO-JSON set here')
   flags.DEFINE_string('saved_model', '', 'saved_model mode: the SavedModel directory')
+  flags.DEFINE_string('tflite', '', 'tflite mode: the .tflite file')
   flags.DEFINE_string('image_size', '', 'saved_model mode: HEIGHTxWIDTH of the images')
   app.run(main)

@@ -23,31 +23,11 @@ from PIL import Image
 
 from effdet_jax import checkpoint
 from effdet_jax.coco_labels import label_name
+from effdet_jax.data.image_files import load_image
 from effdet_jax.detector import Detector
 from effdet_jax.visualize import count_drawn, draw_boxes
 
 FLAGS = flags.FLAGS
-
-
-def load_image(path: str) -> np.ndarray:
-  """RGB uint8. Decoded by TF as the training and evaluation input pipelines
-  decode (JPEG decoders differ by a few levels, which would move detections),
-  by PIL for the formats TF does not read (TIFF, ...)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  try:
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      data = f.read()
-  except tf.errors.OpError as e:
-    raise ValueError(f'cannot read image {path!r}: {e.message}') from e
-  try:
-    return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
-  except (tf.errors.InvalidArgumentError, ValueError):
-    pass
-  try:
-    with Image.open(path) as image:
-      return np.asarray(image.convert('RGB'))
-  except (OSError, ValueError) as e:
-    raise ValueError(f'cannot read image {path!r}: {e}') from e
 
 
 def to_entries(paths: Sequence[str], images: Sequence[np.ndarray], results,
