@@ -265,8 +265,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from effdet_jax import cli  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
   config_flags.DEFINE_config_file('config', None, 'config file, e.g. configs/efficientdet.py:d0')
   flags.DEFINE_string('checkpoint', None, 'official checkpoint: directory, prefix or .tar.gz')
@@ -275,4 +276,4 @@ if __name__ == '__main__':
   flags.DEFINE_bool('reinit_class_head', False, 'fresh class predictor (other num_classes)')
   flags.DEFINE_bool('backbone_only', False, 'EfficientNet ImageNet checkpoint: backbone only')
   flags.mark_flags_as_required(['config', 'checkpoint', 'output'])
-  app.run(main)
+  cli.run(main)

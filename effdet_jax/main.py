@@ -14,7 +14,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from effdet_jax import huge_pages, precision
+from effdet_jax import cli, huge_pages, precision
 
 FLAGS = flags.FLAGS
 MODES = ('train', 'eval', 'train_and_eval')
@@ -109,4 +109,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('stop_at_step', 0, 'end this run at this step (checkpointed) without '
                        'changing the schedule; 0: run to the end')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  cli.run(main)

@@ -107,14 +107,16 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   abstract_vars = convert.abstract_variables(config)
   layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
   abstract_state = checkpoint.abstract_like(
-      jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer), abstract_vars), replicated)
+      jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer), abstract_vars),
+      replicated)
   latest = ckpts.latest_step()
   if latest is not None:
     logging.info('resuming from %s step %d', ckpts.directory, latest)
     state = ckpts.restore(abstract_state, latest)
   else:
     variables = parallel.replicate(initial_variables(config), mesh)
-    state = jax.jit(lambda v: create_state(v, layout, config.train.optimizer), out_shardings=replicated)(variables)
+    state = jax.jit(lambda v: create_state(v, layout, config.train.optimizer),
+                    out_shardings=replicated)(variables)
   start = int(state.step)
 
   data = input_pipeline.train_data(config, start_step=start, source=source)

@@ -1,4 +1,5 @@
-"""The training state and the one jitted update: targets, loss, gradients, SGD or Adam, EMA, metrics.
+"""The training state and the one jitted update: targets, loss, gradients, SGD or
+Adam, EMA, metrics.
 
 Everything a resumed run needs to continue exactly is in `TrainState`,
 including the running sums of the logged metrics, so a run restarted from a

@@ -1,6 +1,7 @@
 """Training augmentation and evaluation resizing, as the official input pipeline.
 
-Training: normalize, random horizontal flip, scale jitter (the image is resized
+Training: optionally GridMask (gridmask.py) and RandAugment (autoaugment.py) on
+the pixels, then normalize, random horizontal flip, scale jitter (the image is resized
 so that it fits `random_scale * model_size`, random scale in
 [jitter_min, jitter_max]), a random crop of the model size where the resized
 image is larger, zero padding (the mean colour after normalization) where it is
@@ -11,6 +12,8 @@ so the output does not depend on thread scheduling.
 from typing import Sequence, Tuple
 
 import tensorflow as tf
+
+from effdet_jax.data import autoaugment, gridmask
 
 
 def normalize(pixels: tf.Tensor, mean_rgb: Sequence[float], stddev_rgb: Sequence[float],
@@ -65,9 +68,16 @@ def random_scale(image_hw: tf.Tensor, output_size: Tuple[int, int], jitter_min: 
 def train_transform(pixels: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor,
                     output_size: Tuple[int, int], seed: tf.Tensor, hflip: bool,
                     jitter_min: float, jitter_max: float, mean_rgb, stddev_rgb,
-                    dtype: tf.DType = tf.float32):
+                    dtype: tf.DType = tf.float32, grid_mask: bool = False,
+                    autoaugment_policy: str = ''):
   """uint8 image + pixel boxes -> model input `[H, W, 3]` of `dtype`, boxes, classes
   (boxes with nothing left inside the crop removed)."""
+  # Each on its own stream: the flip and jitter draw what they draw without them.
+  if grid_mask:
+    pixels = gridmask.grid_mask(pixels, tf.random.experimental.stateless_fold_in(seed, 1))
+  if autoaugment.check_policy(autoaugment_policy) == 'randaug':
+    pixels, boxes = autoaugment.randaugment(pixels, boxes,
+                                            tf.random.experimental.stateless_fold_in(seed, 2))
   seeds = tf.random.experimental.stateless_split(seed, 3)
   image = normalize(pixels, mean_rgb, stddev_rgb, dtype)
   if hflip:

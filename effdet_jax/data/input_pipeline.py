@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from effdet_jax.data import augment, categories as categories_lib, sanitize
+from effdet_jax.data import augment, autoaugment, categories as categories_lib, sanitize
 from effdet_jax.data.coco_json import CocoJsonSource
 from effdet_jax.data.source import Source
 from effdet_jax.data.tfds_source import TfdsSource
@@ -115,6 +115,7 @@ def train_data(config: ml_collections.ConfigDict, start_step: int = 0,
   """
   index, count = _process(process_index, process_count)
   data = config.data
+  autoaugment.check_policy(data.autoaugment_policy)   # at start, not inside tf.data
   source = source or open_source(config, 'train')
   cmap = category_map(config, source)
   global_batch = config.train.global_batch_size
@@ -169,7 +170,7 @@ def train_data(config: ml_collections.ConfigDict, start_step: int = 0,
     image, boxes, classes = augment.train_transform(
         example['pixels'], example['boxes'], example['classes'], output_size, example['seed'],
         data.input_rand_hflip, data.jitter_min, data.jitter_max, config.model.mean_rgb,
-        config.model.stddev_rgb, augment_dtype)
+        config.model.stddev_rgb, augment_dtype, data.grid_mask, data.autoaugment_policy)
     return {
         'image': tf.ensure_shape(tf.cast(image, image_dtype), [*output_size, 3]),
         'boxes': augment.pad_to(boxes, max_instances, 0.0),

@@ -14,8 +14,10 @@ import os
 from typing import Dict, List, Tuple
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image, ImageDraw
+
+from effdet_jax import cli
 
 CATEGORIES = [{'id': i + 1, 'name': n, 'supercategory': 'shape'}
               for i, n in enumerate(('circle', 'square', 'triangle', 'cross', 'star'))]
@@ -192,4 +194,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('num_val', 200, 'validation images')
   flags.DEFINE_integer('image_size', 256, 'longest image side at most')
   flags.DEFINE_integer('seed', 0, 'dataset seed')
-  app.run(main)
+  cli.run(main)

@@ -2,6 +2,7 @@
 from absl import app, flags
 from ml_collections import config_flags
 
+from effdet_jax import cli
 from effdet_jax.export.exporter import FORMATS, export
 from effdet_jax.export.saved_model import PLATFORMS
 from effdet_jax.export.tflite import QUANTIZATIONS
@@ -56,4 +57,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -33,11 +33,14 @@ import tensorflow as tf
 from tensorflow.compiler.mlir.stablehlo import stablehlo as tf_stablehlo
 from tensorflow.compiler.tf2xla.python import xla as tfxla
 
+from effdet_jax import platforms as platform_choice
 from effdet_jax.data.categories import CategoryMap
 from effdet_jax.detector import detection_fn
-from effdet_jax.models import image_hw, inference
+from effdet_jax.models import image_hw
 
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+# jax.export's platform names -> the backend names the model's choices follow.
+_BACKENDS = {'cpu': 'cpu', 'cuda': 'gpu', 'rocm': 'gpu', 'tpu': 'tpu'}
 OUTPUT_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections')
 
 
@@ -54,17 +57,6 @@ class SavedModelInfo:
 def current_platform() -> str:
   backend = jax.default_backend()
   return 'cuda' if backend == 'gpu' else backend
-
-
-def for_platform(config: ml_collections.ConfigDict, platform: str) -> ml_collections.ConfigDict:
-  """`config` with the per-backend model choices ('auto' convolutions, chunk
-  size 0) made for `platform` instead of for the machine exporting."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  if config.model.conv_impl == 'auto':
-    config.model.conv_impl = 'matmul' if platform == 'cpu' else 'native'
-  if config.model.inference_chunk_size == 0 and platform == 'cpu':
-    config.model.inference_chunk_size = inference.CPU_CHUNK_SIZE
-  return config
 
 
 def _version(text: str) -> Tuple[int, ...]:
@@ -201,7 +193,7 @@ def export_saved_model(directory: str, config: ml_collections.ConfigDict, variab
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   per_class = config.postprocess.infer_per_class if per_class is None else per_class
-  run = detection_fn(for_platform(config, platforms[0]), per_class)
+  run = detection_fn(config, per_class)
   height, width = image_hw(config)
   # One weight vector: a single TF variable rather than hundreds of loop inputs.
   weights, unflatten = ravel_pytree(jax.device_get(variables))
@@ -213,7 +205,10 @@ def export_saved_model(directory: str, config: ml_collections.ConfigDict, variab
   specs = (jax.ShapeDtypeStruct(weights.shape, weights.dtype),
            jax.ShapeDtypeStruct((batch_size, height, width, 3), jnp.float32),
            jax.ShapeDtypeStruct((batch_size,), jnp.float32))
-  exported = jax.export.export(jax.jit(module_fn), platforms=platforms)(*specs)
+  # The per-platform choices ('auto' convolutions, inference chunking) are made
+  # for the first platform listed, while tracing.
+  with platform_choice.target(_BACKENDS[platforms[0]]):
+    exported = jax.export.export(jax.jit(module_fn), platforms=platforms)(*specs)
   module, version = serialize_for_tf(exported)
   batch = batch_size if static_batch else None
   images_shape = [batch, *(image_size or (None, None)), 3]

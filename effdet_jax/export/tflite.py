@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
-
 from tensorflow.lite.tools import flatbuffer_utils
 
 from effdet_jax.data.image_files import load_image
@@ -269,7 +268,8 @@ def run_tflite(path_or_model, images: Sequence[np.ndarray]):
       x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail['dtype'])
     out = runner(images=x)
     n = int(out['num_detections'][0])
-    results.append({'boxes': out['detection_boxes'][0, :n], 'scores': out['detection_scores'][0, :n],
+    results.append({'boxes': out['detection_boxes'][0, :n],
+                    'scores': out['detection_scores'][0, :n],
                     'classes': out['detection_classes'][0, :n].astype(np.int64),
                     'num_detections': n})
   return results

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from effdet_jax import huge_pages
+from effdet_jax import cli, huge_pages
 from effdet_jax.convert import abstract_variables, init_variables
 from effdet_jax.models import build_model, image_hw, inference, layers
 from effdet_jax.tools import timing
@@ -401,4 +401,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('saved_model', '', 'saved_model mode: the SavedModel directory')
   flags.DEFINE_string('tflite', '', 'tflite mode: the .tflite file')
   flags.DEFINE_string('image_size', '', 'saved_model mode: HEIGHTxWIDTH of the images')
-  app.run(main)
+  cli.run(main)

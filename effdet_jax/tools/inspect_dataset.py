@@ -11,9 +11,10 @@ uses), `boxes_dropped` by reason, `boxes_clipped` (kept, cut to the image), and
 """
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from effdet_jax import cli
 from effdet_jax.data import input_pipeline
 
 FLAGS = flags.FLAGS
@@ -36,4 +37,4 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
   flags.DEFINE_string('split', 'train', 'which config.data split to read')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

@@ -14,10 +14,11 @@ import json
 import logging
 import os
 
-from absl import app, flags
+from absl import flags
 from PIL import Image
 import tensorflow as tf
 
+from effdet_jax import cli
 from effdet_jax.data import coco_json, tfrecord
 
 FLAGS = flags.FLAGS
@@ -87,4 +88,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('images', None, 'folder the file_names are relative to', required=True)
   flags.DEFINE_string('output', None, 'output prefix, e.g. /data/coco/train', required=True)
   flags.DEFINE_integer('num_shards', 8, 'number of TFRecord files')
-  app.run(main)
+  cli.run(main)

@@ -25,7 +25,6 @@ measurements (see docs/tpu.md).
 """
 import json
 import re
-import sys
 import time
 
 from absl import app, flags
@@ -34,7 +33,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
-from effdet_jax import convert, evaluate, optim, parallel, platforms
+from effdet_jax import cli, convert, evaluate, optim, parallel, platforms
 from effdet_jax.models import layers
 from effdet_jax.tools import accelerators
 from effdet_jax.train_step import batch_spec, create_state, jit_train_step, make_train_step
@@ -238,12 +237,9 @@ def main(argv):
     config.model.dtype = FLAGS.precision
   if FLAGS.target:
     accelerators.compile_only_host()
-    try:
-      target = accelerators.parse(FLAGS.target)
-      batch = FLAGS.global_batch_size or FLAGS.per_device_batch * len(target.devices)
-      result = target_report(config, target, batch, FLAGS.mode, FLAGS.hlo)
-    except ValueError as e:
-      sys.exit(f'effdet_jax.tools.memory: {e}')
+    target = accelerators.parse(FLAGS.target)
+    batch = FLAGS.global_batch_size or FLAGS.per_device_batch * len(target.devices)
+    result = target_report(config, target, batch, FLAGS.mode, FLAGS.hlo)
     _print_target(result)
   else:
     if FLAGS.mode != 'train' or FLAGS.global_batch_size or FLAGS.hlo:
@@ -270,4 +266,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('hlo', '', 'with --target: write the compiled program (HLO text) here')
   flags.DEFINE_bool('json', False, 'print one JSON object as the last line')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

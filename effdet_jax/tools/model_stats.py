@@ -4,13 +4,14 @@
 """
 import json
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
+from effdet_jax import cli
 from effdet_jax.convert import abstract_variables
 from effdet_jax.models import build_model, image_hw
 
@@ -61,4 +62,4 @@ def main(argv):
 if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from effdet_jax import checkpoint
+from effdet_jax import checkpoint, cli
 from effdet_jax.coco_labels import label_name
 from effdet_jax.data.image_files import load_image
 from effdet_jax.detector import Detector
@@ -106,4 +106,4 @@ if __name__ == '__main__':
   flags.DEFINE_float('draw_min_score', 0.3, 'draw detections scoring at least this')
   flags.DEFINE_bool('per_class_nms', None, 'NMS per class (default: config.postprocess.infer_per_class)')
   flags.DEFINE_integer('batch_size', 1, 'images per network call')
-  app.run(main)
+  cli.run(main)
