@@ -127,8 +127,8 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   config.data.jitter_max = 2.0
   # GridMask on the training images, with the official's probabilities (effdet_jax/data/gridmask.py).
   config.data.grid_mask = False
-  # '' or 'randaug' (the official RandAugment, effdet_jax/data/autoaugment.py); the
-  # official AutoAugment policies v0-v3 are not implemented.
+  # '' (none), 'v0' ... 'v3' (the official AutoAugment policies; v0 is the paper's) or
+  # 'randaug' (the official RandAugment), effdet_jax/data/autoaugment.py.
   config.data.autoaugment_policy = ''
   config.data.max_instances_per_image = 100
   config.data.skip_crowd_during_training = True

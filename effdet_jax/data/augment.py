@@ -1,7 +1,7 @@
 """Training augmentation and evaluation resizing, as the official input pipeline.
 
-Training: optionally GridMask (gridmask.py) and RandAugment (autoaugment.py) on
-the pixels, then normalize, random horizontal flip, scale jitter (the image is resized
+Training: optionally GridMask (gridmask.py) and AutoAugment or RandAugment
+(autoaugment.py) on the pixels, then normalize, random horizontal flip, scale jitter (the image is resized
 so that it fits `random_scale * model_size`, random scale in
 [jitter_min, jitter_max]), a random crop of the model size where the resized
 image is larger, zero padding (the mean colour after normalization) where it is
@@ -75,9 +75,10 @@ def train_transform(pixels: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor,
   # Each on its own stream: the flip and jitter draw what they draw without them.
   if grid_mask:
     pixels = gridmask.grid_mask(pixels, tf.random.experimental.stateless_fold_in(seed, 1))
-  if autoaugment.check_policy(autoaugment_policy) == 'randaug':
-    pixels, boxes = autoaugment.randaugment(pixels, boxes,
-                                            tf.random.experimental.stateless_fold_in(seed, 2))
+  if autoaugment.check_policy(autoaugment_policy):
+    pixels, boxes = autoaugment.augment(pixels, boxes,
+                                        tf.random.experimental.stateless_fold_in(seed, 2),
+                                        autoaugment_policy)
   seeds = tf.random.experimental.stateless_split(seed, 3)
   image = normalize(pixels, mean_rgb, stddev_rgb, dtype)
   if hflip:

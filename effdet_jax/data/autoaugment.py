@@ -1,156 +1,106 @@
-"""RandAugment for detection as the official input pipeline applies it
-(`data.autoaugment_policy='randaug'`: google/automl `aug/autoaugment.py`,
-`distort_image_with_randaugment(image, boxes, num_layers=1, magnitude=15)`),
-with stateless randomness and boxes in pixels.
+"""AutoAugment for detection (policies `v0`-`v3`) and RandAugment, as the official
+input pipeline applies them (`data.autoaugment_policy`; google/automl
+`aug/autoaugment.py`), with stateless randomness and boxes in pixels. The
+operations are in image_ops.py.
 
-Each layer picks one of ten operations uniformly and applies it (the official
-draws a probability per operation and does not use it). At magnitude 15 of the
+AutoAugment: one sub-policy per image, uniformly; each of its (operation,
+probability, level) steps applied with its probability, except the
+`*_Only_BBoxes` ones, which always run and apply their operation inside each
+box with a third of it. `v0` is the policy of the paper (Zoph et al. 2019).
+
+RandAugment (`distort_image_with_randaugment(num_layers=1, magnitude=15)`):
+one of ten operations, uniformly, always applied (the official draws a
+probability per operation and does not use it). At magnitude 15 of the
 official scale's 10: rotate by 45 degrees, shear by 0.45, translate by 375
 pixels (each sign at random), color factor 2.8, cutout of a 300-pixel square,
 solarize-add 165 below 128, and solarize at threshold 384, which changes no
-uint8 pixel (as in the official). Emptied pixels take the official grey 128.
-The image transforms are nearest-neighbour, as the official's (tfa defaults).
-
-Boxes move with the pixels: the geometric operations map each box's corners
-and take their enclosing box, clipped to the image. Where the official rounds
-corners to whole pixels and turns a box pushed out of the image into a sliver
-5% of the image wide at its border (`_check_bbox_area`), here corners stay
-fractional and such a box ends with zero area, so the pipeline drops it.
-
-The official AutoAugment policies (`v0`-`v3`) are not implemented.
+uint8 pixel (as in the official).
 """
-import math
 from typing import Tuple
 
 import tensorflow as tf
 
-POLICIES = ('', 'randaug')
+from effdet_jax.data import image_ops
+
 MAX_LEVEL = 10.0
-MAGNITUDE = 15.0
-NUM_LAYERS = 1
-REPLACE = 128
+# The official augmentation hparams (both methods).
 CUTOUT_CONST = 100
 TRANSLATE_CONST = 250
-OPS = ('Equalize', 'Solarize', 'Color', 'Cutout', 'SolarizeAdd', 'TranslateX_BBox',
-       'TranslateY_BBox', 'ShearX_BBox', 'ShearY_BBox', 'Rotate_BBox')
+CUTOUT_BOX_CONST = 50
+TRANSLATE_BOX_CONST = 120
+CUTOUT_MAX_PAD_FRACTION = 0.75
+RANDAUG_MAGNITUDE = 15.0
+RANDAUG_LAYERS = 1
+RANDAUG_OPS = ('Equalize', 'Solarize', 'Color', 'Cutout', 'SolarizeAdd', 'TranslateX_BBox',
+               'TranslateY_BBox', 'ShearX_BBox', 'ShearY_BBox', 'Rotate_BBox')
+
+# The official policies: sub-policies of (operation, probability, level).
+POLICY_V0 = (
+    (('TranslateX_BBox', 0.6, 4), ('Equalize', 0.8, 10)),
+    (('TranslateY_Only_BBoxes', 0.2, 2), ('Cutout', 0.8, 8)),
+    (('Sharpness', 0.0, 8), ('ShearX_BBox', 0.4, 0)),
+    (('ShearY_BBox', 1.0, 2), ('TranslateY_Only_BBoxes', 0.6, 6)),
+    (('Rotate_BBox', 0.6, 10), ('Color', 1.0, 6)),
+)
+POLICY_V1 = POLICY_V0 + (
+    (('Color', 0.0, 0), ('ShearX_Only_BBoxes', 0.8, 4)),
+    (('ShearY_Only_BBoxes', 0.8, 2), ('Flip_Only_BBoxes', 0.0, 10)),
+    (('Equalize', 0.6, 10), ('TranslateX_BBox', 0.2, 2)),
+    (('Color', 1.0, 10), ('TranslateY_Only_BBoxes', 0.4, 6)),
+    (('Rotate_BBox', 0.8, 10), ('Contrast', 0.0, 10)),
+    (('Cutout', 0.2, 2), ('Brightness', 0.8, 10)),
+    (('Color', 1.0, 6), ('Equalize', 1.0, 2)),
+    (('Cutout_Only_BBoxes', 0.4, 6), ('TranslateY_Only_BBoxes', 0.8, 2)),
+    (('Color', 0.2, 8), ('Rotate_BBox', 0.8, 10)),
+    (('Sharpness', 0.4, 4), ('TranslateY_Only_BBoxes', 0.0, 4)),
+    (('Sharpness', 1.0, 4), ('SolarizeAdd', 0.4, 4)),
+    (('Rotate_BBox', 1.0, 8), ('Sharpness', 0.2, 8)),
+    (('ShearY_BBox', 0.6, 10), ('Equalize_Only_BBoxes', 0.6, 8)),
+    (('ShearX_BBox', 0.2, 6), ('TranslateY_Only_BBoxes', 0.2, 10)),
+    (('SolarizeAdd', 0.6, 8), ('Brightness', 0.8, 10)),
+)
+POLICY_V2 = (
+    (('Color', 0.0, 6), ('Cutout', 0.6, 8), ('Sharpness', 0.4, 8)),
+    (('Rotate_BBox', 0.4, 8), ('Sharpness', 0.4, 2), ('Rotate_BBox', 0.8, 10)),
+    (('TranslateY_BBox', 1.0, 8), ('AutoContrast', 0.8, 2)),
+    (('AutoContrast', 0.4, 6), ('ShearX_BBox', 0.8, 8), ('Brightness', 0.0, 10)),
+    (('SolarizeAdd', 0.2, 6), ('Contrast', 0.0, 10), ('AutoContrast', 0.6, 0)),
+    (('Cutout', 0.2, 0), ('Solarize', 0.8, 8), ('Color', 1.0, 4)),
+    (('TranslateY_BBox', 0.0, 4), ('Equalize', 0.6, 8), ('Solarize', 0.0, 10)),
+    (('TranslateY_BBox', 0.2, 2), ('ShearY_BBox', 0.8, 8), ('Rotate_BBox', 0.8, 8)),
+    (('Cutout', 0.8, 8), ('Brightness', 0.8, 8), ('Cutout', 0.2, 2)),
+    (('Color', 0.8, 4), ('TranslateY_BBox', 1.0, 6), ('Rotate_BBox', 0.6, 6)),
+    (('Rotate_BBox', 0.6, 10), ('BBox_Cutout', 1.0, 4), ('Cutout', 0.2, 8)),
+    (('Rotate_BBox', 0.0, 0), ('Equalize', 0.6, 6), ('ShearY_BBox', 0.6, 8)),
+    (('Brightness', 0.8, 8), ('AutoContrast', 0.4, 2), ('Brightness', 0.2, 2)),
+    (('TranslateY_BBox', 0.4, 8), ('Solarize', 0.4, 6), ('SolarizeAdd', 0.2, 10)),
+    (('Contrast', 1.0, 10), ('SolarizeAdd', 0.2, 8), ('Equalize', 0.2, 4)),
+)
+POLICY_V3 = (
+    (('Posterize', 0.8, 2), ('TranslateX_BBox', 1.0, 8)),
+    (('BBox_Cutout', 0.2, 10), ('Sharpness', 1.0, 8)),
+    (('Rotate_BBox', 0.6, 8), ('Rotate_BBox', 0.8, 10)),
+    (('Equalize', 0.8, 10), ('AutoContrast', 0.2, 10)),
+    (('SolarizeAdd', 0.2, 2), ('TranslateY_BBox', 0.2, 8)),
+    (('Sharpness', 0.0, 2), ('Color', 0.4, 8)),
+    (('Equalize', 1.0, 8), ('TranslateY_BBox', 1.0, 8)),
+    (('Posterize', 0.6, 2), ('Rotate_BBox', 0.0, 10)),
+    (('AutoContrast', 0.6, 0), ('Rotate_BBox', 1.0, 6)),
+    (('Equalize', 0.0, 4), ('Cutout', 0.8, 10)),
+    (('Brightness', 1.0, 2), ('TranslateY_BBox', 1.0, 6)),
+    (('Contrast', 0.0, 2), ('ShearY_BBox', 0.8, 0)),
+    (('AutoContrast', 0.8, 10), ('Contrast', 0.2, 10)),
+    (('Rotate_BBox', 1.0, 10), ('Cutout', 1.0, 10)),
+    (('SolarizeAdd', 0.8, 6), ('Equalize', 0.8, 8)),
+)
+AUTOAUGMENT_POLICIES = {'v0': POLICY_V0, 'v1': POLICY_V1, 'v2': POLICY_V2, 'v3': POLICY_V3}
+POLICIES = ('',) + tuple(AUTOAUGMENT_POLICIES) + ('randaug',)
 
 
 def check_policy(policy: str) -> str:
   if policy not in POLICIES:
-    raise ValueError(f'config.data.autoaugment_policy must be one of {POLICIES}, got {policy!r} '
-                     f'(the official AutoAugment policies v0-v3 are not implemented)')
+    raise ValueError(f'config.data.autoaugment_policy must be one of {POLICIES}, got {policy!r}')
   return policy
-
-
-# Colour operations on uint8 `[h, w, 3]`.
-
-def _blend(base: tf.Tensor, image: tf.Tensor, factor: float) -> tf.Tensor:
-  """base + factor * (image - base), clipped to uint8 (factor > 1 extrapolates)."""
-  base, image = tf.cast(base, tf.float32), tf.cast(image, tf.float32)
-  return tf.cast(tf.clip_by_value(base + factor * (image - base), 0.0, 255.0), tf.uint8)
-
-
-def color(image: tf.Tensor, factor: float) -> tf.Tensor:
-  return _blend(tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image)), image, factor)
-
-
-def solarize(image: tf.Tensor, threshold: int) -> tf.Tensor:
-  return tf.where(tf.cast(image, tf.int32) < threshold, image, 255 - image)
-
-
-def solarize_add(image: tf.Tensor, addition: int, threshold: int = 128) -> tf.Tensor:
-  added = tf.cast(tf.clip_by_value(tf.cast(image, tf.int32) + addition, 0, 255), tf.uint8)
-  return tf.where(image < threshold, added, image)
-
-
-def equalize(image: tf.Tensor) -> tf.Tensor:
-  """PIL's per-channel histogram equalization, as the official writes it (the
-  three channels' histograms and tables side by side, in one pass each)."""
-  values = tf.cast(image, tf.int32) + tf.constant([0, 256, 512])
-  histogram = tf.reshape(tf.math.bincount(values, minlength=768, maxlength=768), [3, 256])
-  # The last used level's count, per channel.
-  last = tf.reduce_max(tf.where(histogram > 0, tf.range(256), -1), axis=1)
-  step = (tf.reduce_sum(histogram, 1) - tf.gather(histogram, last, batch_dims=1)) // 255
-  lut = (tf.cumsum(histogram, axis=1) + step[:, None] // 2) // tf.maximum(step, 1)[:, None]
-  lut = tf.clip_by_value(tf.concat([tf.zeros([3, 1], tf.int32), lut[:, :-1]], 1), 0, 255)
-  lut = tf.where(step[:, None] == 0, tf.range(256)[None], lut)   # one level: unchanged
-  return tf.cast(tf.gather(tf.reshape(lut, [-1]), values), tf.uint8)
-
-
-def cutout(image: tf.Tensor, pad_size: int, seed: tf.Tensor, replace: int = REPLACE) -> tf.Tensor:
-  """A (2 pad_size)-pixel square, centred uniformly in the image, set to `replace`."""
-  h, w = tf.shape(image)[0], tf.shape(image)[1]
-  seeds = tf.random.experimental.stateless_split(seed, 2)
-  cy = tf.random.stateless_uniform([], seeds[0], 0, h, tf.int32)
-  cx = tf.random.stateless_uniform([], seeds[1], 0, w, tf.int32)
-  rows, cols = tf.range(h), tf.range(w)
-  inside = (((rows >= cy - pad_size) & (rows < cy + pad_size))[:, None]
-            & ((cols >= cx - pad_size) & (cols < cx + pad_size))[None, :])
-  return tf.where(inside[..., None], tf.cast(replace, image.dtype), image)
-
-
-# Geometric operations: the image through an inverse map (output pixel index ->
-# input pixel index), the boxes' corners through the forward one.
-
-def _warp(image: tf.Tensor, inverse: tf.Tensor, replace: int = REPLACE) -> tf.Tensor:
-  """Nearest-neighbour warp of the uint8 image; pixels from outside it are
-  `replace`. `inverse` is [a0, a1, a2, b0, b1, b2]: output (x, y) reads
-  (a0 x + a1 y + a2, b0 x + b1 y + b2), TF's projective-transform convention."""
-  transform = tf.concat([tf.cast(inverse, tf.float32), [0.0, 0.0]], 0)
-  return tf.raw_ops.ImageProjectiveTransformV3(
-      images=image[None], transforms=transform[None], output_shape=tf.shape(image)[:2],
-      fill_value=float(replace), interpolation='NEAREST', fill_mode='CONSTANT')[0]
-
-
-def _move_boxes(boxes: tf.Tensor, inverse: tf.Tensor, image_hw) -> tf.Tensor:
-  """Boxes (continuous pixel coordinates: pixel i spans [i, i + 1)) -> the
-  enclosing boxes of their mapped corners, clipped to the image."""
-  a0, a1, a2, b0, b1, b2 = tf.unstack(tf.cast(inverse, tf.float32))
-  # Pixel indices are continuous coordinates - 0.5; invert the 2x2 map.
-  det = a0 * b1 - a1 * b0
-  ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
-  corners_x = tf.stack([xmin, xmax, xmin, xmax], -1) - 0.5
-  corners_y = tf.stack([ymin, ymin, ymax, ymax], -1) - 0.5
-  dx, dy = corners_x - a2, corners_y - b2
-  out_x = (b1 * dx - a1 * dy) / det + 0.5
-  out_y = (-b0 * dx + a0 * dy) / det + 0.5
-  h, w = tf.cast(image_hw[0], tf.float32), tf.cast(image_hw[1], tf.float32)
-  moved = tf.stack([tf.reduce_min(out_y, -1), tf.reduce_min(out_x, -1),
-                    tf.reduce_max(out_y, -1), tf.reduce_max(out_x, -1)], -1)
-  return tf.clip_by_value(moved, 0.0, tf.stack([h, w, h, w]))
-
-
-def _geometric(image, boxes, inverse):
-  return _warp(image, inverse), _move_boxes(boxes, inverse, tf.shape(image)[:2])
-
-
-def translate(image, boxes, pixels, horizontal: bool):
-  """Content moves by -pixels (left or up for pixels > 0), as the official."""
-  zero, one = tf.constant(0.0), tf.constant(1.0)
-  pixels = tf.cast(pixels, tf.float32)
-  inverse = (tf.stack([one, zero, pixels, zero, one, zero]) if horizontal
-             else tf.stack([one, zero, zero, zero, one, pixels]))
-  return _geometric(image, boxes, inverse)
-
-
-def shear(image, boxes, level, horizontal: bool):
-  """Output (x, y) reads (x + level y, y) (or (x, y + level x)), as the official."""
-  zero, one = tf.constant(0.0), tf.constant(1.0)
-  level = tf.cast(level, tf.float32)
-  inverse = (tf.stack([one, level, zero, zero, one, zero]) if horizontal
-             else tf.stack([one, zero, zero, level, one, zero]))
-  return _geometric(image, boxes, inverse)
-
-
-def rotate(image, boxes, degrees):
-  """About the image centre, as `tfa.image.rotate(image, radians)` (counter-clockwise
-  on the screen for degrees > 0)."""
-  h, w = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
-  angle = tf.cast(degrees, tf.float32) * math.pi / 180
-  cos, sin = tf.cos(angle), tf.sin(angle)
-  cx, cy = (w - 1) / 2, (h - 1) / 2
-  inverse = tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy])
-  return _geometric(image, boxes, inverse)
 
 
 def _signed(value: float, seed: tf.Tensor) -> tf.Tensor:
@@ -158,37 +108,97 @@ def _signed(value: float, seed: tf.Tensor) -> tf.Tensor:
   return tf.where(tf.random.stateless_uniform([], seed) < 0.5, -value, value)
 
 
-def _apply(index: int, image, boxes, magnitude: float, seed) -> Tuple[tf.Tensor, tf.Tensor]:
-  """Operation `OPS[index]` at `magnitude`, with the official level-to-argument rules."""
-  level = magnitude / MAX_LEVEL
-  name = OPS[index]
-  if name == 'Equalize':
-    return equalize(image), boxes
-  if name == 'Solarize':
-    return solarize(image, int(level * 256)), boxes
-  if name == 'Color':
-    return color(image, level * 1.8 + 0.1), boxes
-  if name == 'Cutout':
-    return cutout(image, int(level * CUTOUT_CONST), seed), boxes
-  if name == 'SolarizeAdd':
-    return solarize_add(image, int(level * 110)), boxes
+def apply_op(name: str, image, boxes, level: float, prob: float,
+             seed) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Operation `name` at `level` (official scale 0..10), the official level-to-argument
+  rules; `prob` is used by the `*_Only_BBoxes` operations only (a third of it per box)."""
+  x = level / MAX_LEVEL
+  enhance = x * 1.8 + 0.1
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  colour = {
+      'AutoContrast': lambda: image_ops.autocontrast(image),
+      'Equalize': lambda: image_ops.equalize(image),
+      'Posterize': lambda: image_ops.posterize(image, int(x * 4)),
+      'Solarize': lambda: image_ops.solarize(image, int(x * 256)),
+      'SolarizeAdd': lambda: image_ops.solarize_add(image, int(x * 110)),
+      'Color': lambda: image_ops.color(image, enhance),
+      'Contrast': lambda: image_ops.contrast(image, enhance),
+      'Brightness': lambda: image_ops.brightness(image, enhance),
+      'Sharpness': lambda: image_ops.sharpness(image, enhance),
+      'Cutout': lambda: image_ops.cutout(image, int(x * CUTOUT_CONST), seeds[0]),
+  }
+  if name in colour:
+    return colour[name](), boxes
+  if name == 'BBox_Cutout':
+    return image_ops.box_cutout(image, boxes, x * CUTOUT_MAX_PAD_FRACTION, seeds[0])
   if name in ('TranslateX_BBox', 'TranslateY_BBox'):
-    return translate(image, boxes, _signed(level * TRANSLATE_CONST, seed),
-                     horizontal=name == 'TranslateX_BBox')
+    return image_ops.translate(image, boxes, _signed(x * TRANSLATE_CONST, seeds[0]),
+                               horizontal=name == 'TranslateX_BBox')
   if name in ('ShearX_BBox', 'ShearY_BBox'):
-    return shear(image, boxes, _signed(level * 0.3, seed), horizontal=name == 'ShearX_BBox')
-  return rotate(image, boxes, _signed(level * 30.0, seed))
+    return image_ops.shear(image, boxes, _signed(x * 0.3, seeds[0]),
+                           horizontal=name == 'ShearX_BBox')
+  if name == 'Rotate_BBox':
+    return image_ops.rotate(image, boxes, _signed(x * 30.0, seeds[0]))
+  inside = {
+      'TranslateX_Only_BBoxes': lambda p, s: image_ops.warp(p, image_ops.translate_inverse(
+          _signed(x * TRANSLATE_BOX_CONST, s), True)),
+      'TranslateY_Only_BBoxes': lambda p, s: image_ops.warp(p, image_ops.translate_inverse(
+          _signed(x * TRANSLATE_BOX_CONST, s), False)),
+      'ShearX_Only_BBoxes': lambda p, s: image_ops.warp(p, image_ops.shear_inverse(
+          _signed(x * 0.3, s), True)),
+      'ShearY_Only_BBoxes': lambda p, s: image_ops.warp(p, image_ops.shear_inverse(
+          _signed(x * 0.3, s), False)),
+      'Rotate_Only_BBoxes': lambda p, s: image_ops.warp(p, image_ops.rotate_inverse(
+          _signed(x * 30.0, s), tf.shape(p)[:2])),
+      'Flip_Only_BBoxes': lambda p, s: p[:, ::-1],
+      'Solarize_Only_BBoxes': lambda p, s: image_ops.solarize(p, int(x * 256)),
+      'Equalize_Only_BBoxes': lambda p, s: image_ops.equalize(p),
+      'Cutout_Only_BBoxes': lambda p, s: image_ops.cutout(p, int(x * CUTOUT_BOX_CONST), s),
+  }
+  if name not in inside:
+    raise ValueError(f'unknown augmentation operation {name!r}')
+  return image_ops.inside_boxes(image, boxes, prob / 3.0, inside[name], seeds[1])
+
+
+def autoaugment(pixels: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor,
+                policy: str) -> Tuple[tf.Tensor, tf.Tensor]:
+  """uint8 `[h, w, 3]` and `[N, 4]` pixel boxes through one random sub-policy."""
+  sub_policies = AUTOAUGMENT_POLICIES[policy]
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  pick = tf.random.stateless_uniform([], seeds[0], 0, len(sub_policies), tf.int32)
+
+  def run(steps):
+    image, moved = pixels, boxes
+    for k, (name, prob, level) in enumerate(steps):
+      step = tf.random.experimental.stateless_split(
+          tf.random.experimental.stateless_fold_in(seeds[1], k), 2)
+      if name.endswith('_Only_BBoxes'):
+        image, moved = apply_op(name, image, moved, level, prob, step[1])
+      else:
+        apply = tf.random.stateless_uniform([], step[0]) < prob
+        image, moved = tf.cond(
+            apply, lambda n=name, i=image, m=moved, s=step[1]: apply_op(n, i, m, level, prob, s),
+            lambda i=image, m=moved: (i, m))
+    return image, moved
+  return tf.switch_case(pick, [lambda steps=steps: run(steps) for steps in sub_policies])
 
 
 def randaugment(pixels: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor,
-                num_layers: int = NUM_LAYERS,
-                magnitude: float = MAGNITUDE) -> Tuple[tf.Tensor, tf.Tensor]:
+                num_layers: int = RANDAUG_LAYERS,
+                magnitude: float = RANDAUG_MAGNITUDE) -> Tuple[tf.Tensor, tf.Tensor]:
   """uint8 `[h, w, 3]` and `[N, 4]` pixel boxes, each layer one random operation."""
   for layer in range(num_layers):
     seeds = tf.random.experimental.stateless_split(
         tf.random.experimental.stateless_fold_in(seed, layer), 2)
-    pick = tf.random.stateless_uniform([], seeds[0], 0, len(OPS), tf.int32)
-    branches = [lambda i=i: _apply(i, pixels, boxes, magnitude, seeds[1])
-                for i in range(len(OPS))]
+    pick = tf.random.stateless_uniform([], seeds[0], 0, len(RANDAUG_OPS), tf.int32)
+    branches = [lambda name=name: apply_op(name, pixels, boxes, magnitude, 1.0, seeds[1])
+                for name in RANDAUG_OPS]
     pixels, boxes = tf.switch_case(pick, branches)
   return pixels, boxes
+
+
+def augment(pixels: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor, policy: str):
+  """`policy` ('v0'-'v3' or 'randaug') on one example."""
+  if check_policy(policy) == 'randaug':
+    return randaugment(pixels, boxes, seed)
+  return autoaugment(pixels, boxes, seed, policy)

@@ -52,9 +52,9 @@ def grid_mask(pixels: tf.Tensor, seed: tf.Tensor, prob: float = PROB, ratio: flo
   col_start = tf.random.stateless_uniform([], seeds[3], 0, gridblock + 1, tf.int32)
   degrees = rotate * tf.random.stateless_normal([], seeds[4], mean=-1.0, stddev=1.0)
   # Image pixel (y, x) is the rotated square's (y + top, x + left), which reads the
-  # square at the inverse rotation about its centre (tfa.image.rotate's map).
-  # Evaluated there directly rather than rotating the whole square: the same grid
-  # for ~1/4 of the work (the square is 2.25x the image and needs no warp).
+  # square at the inverse rotation about its centre (tfa.image.rotate's map). The
+  # grid is evaluated there directly instead of warping the whole square, which
+  # is (1.5 x the longer side)^2 pixels.
   top, left = (mask_size - h) // 2, (mask_size - w) // 2
   centre = (tf.cast(mask_size, tf.float32) - 1) / 2
   ys = tf.cast(tf.range(h) + top, tf.float32)[:, None] - centre
