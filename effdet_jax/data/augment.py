@@ -1,9 +1,9 @@
 """Training augmentation and evaluation resizing, as the official input pipeline.
 
 Training: optionally GridMask (gridmask.py) and AutoAugment or RandAugment
-(autoaugment.py) on the pixels, then normalize, random horizontal flip, scale jitter (the image is resized
-so that it fits `random_scale * model_size`, random scale in
-[jitter_min, jitter_max]), a random crop of the model size where the resized
+(autoaugment.py) on the pixels, then normalize, random horizontal flip, scale
+jitter (the image is resized so that it fits `random_scale * model_size`,
+random scale in [jitter_min, jitter_max]), a random crop of the model size where the resized
 image is larger, zero padding (the mean colour after normalization) where it is
 smaller. Boxes follow the same transform, are clipped to the crop and dropped
 when nothing of them is left. Randomness is stateless, from a per-example seed,
