@@ -34,6 +34,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from effdet_jax.data.image_files import load_image
 from effdet_jax.detection import anchors as anchors_lib
+from effdet_jax.detector import resize_scale
 from effdet_jax.export.saved_model import call_exported, serialize_for_tf
 from effdet_jax.models import build_model, image_hw
 
@@ -203,8 +204,7 @@ def to_model_input(image: np.ndarray, config: ml_collections.ConfigDict) -> np.n
   """RGB uint8 `[h, w, 3]` -> the TFLite model's input pixels `[H, W, 3]` float32:
   the official preprocessing, with the normalization left to the model."""
   height, width = image_hw(config)
-  scale = min(height / image.shape[0], width / image.shape[1])
-  size = (int(image.shape[0] * scale), int(image.shape[1] * scale))
+  _, *size = resize_scale(image.shape[0], image.shape[1], (height, width))
   resized = tf.image.resize(image.astype(np.float32), size, method='bilinear').numpy()
   out = np.empty((height, width, 3), np.float32)
   out[:] = np.float32(config.model.mean_rgb)
