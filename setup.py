@@ -7,6 +7,7 @@ setup(
     packages=find_packages(include=['effdet_jax', 'effdet_jax.*', 'configs', 'configs.*']),
     # The CPU kernels' sources, compiled on first use (effdet_jax/cpu_kernels/__init__.py).
     package_data={'effdet_jax.cpu_kernels': ['*.cc', '*.h']},
+    license='Apache-2.0',
     python_requires='>=3.10',
     install_requires=[
         'jax>=0.7',

@@ -11,6 +11,15 @@ import tensorflow as tf
 
 VARIABLES_DIR = 'variables'
 CONFIG_FILE = 'config.json'
+ACCEPTED_PATHS = ('an official TF checkpoint (a directory, a prefix with its .index file, or a '
+                  'released .tar.gz / .tgz), a directory from effdet_jax.convert, an export '
+                  'bundle, or a training workdir or one of its checkpoints/<step> directories')
+
+
+def require_existing(path: str, what: str = 'checkpoint') -> None:
+  """A weights path that is not there, named with the kinds of path accepted."""
+  if not (tf.io.gfile.exists(path) or tf.io.gfile.exists(path + '.index')):
+    raise FileNotFoundError(f'{what} {path} does not exist; expected {ACCEPTED_PATHS}')
 
 
 def save_variables(directory: str, variables, config: ml_collections.ConfigDict) -> None:
@@ -53,6 +62,7 @@ def restore_variables(directory: str, config: ml_collections.ConfigDict):
 def load_variables(path: str, config: ml_collections.ConfigDict):
   """Variables from a converted checkpoint directory, an export bundle or any
   official TF checkpoint."""
+  require_existing(path)
   if is_variables_dir(path):
     return restore_variables(path, config)
   from effdet_jax.convert import load_official_checkpoint  # pylint: disable=g-import-not-at-top
@@ -156,6 +166,7 @@ def load_weight_sets(path: str, config: ml_collections.ConfigDict):
   checkpoint: a training workdir (its latest) or step directory has both sets; a
   converted directory, an export bundle or an official TF checkpoint is one set
   (step 0)."""
+  require_existing(path)
   workdir, step = training_checkpoint(path)
   if workdir is None:
     return 0, load_variables(path, config), None, None

@@ -5,7 +5,7 @@ the backbone scope `backbone` <-> `efficientnet-bN`, BatchNorm `scale`/`bias`/
 `mean`/`var` <-> `gamma`/`beta`/`moving_mean`/`moving_variance`. Nothing is
 guessed: every model variable must be found with its shape and every
 checkpoint variable used, else the error lists what is missing, unexpected or
-mis-shaped.
+mis-shaped (a few names of each) and which size the checkpoint holds.
 
     python -m effdet_jax.convert --config configs/efficientdet.py:d0 \
         --checkpoint efficientdet-d0.tar.gz --output converted/d0
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from configs import efficientdet as model_configs
 from effdet_jax import precision
 from effdet_jax.models import build_model
 
@@ -51,6 +52,11 @@ def resolve_checkpoint(path: str) -> str:
     return _prefix_in_directory(path)
   if os.path.exists(path + '.index'):
     return path
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'checkpoint {path} does not exist; expected an official TF checkpoint: a directory '
+        f'with a `checkpoint` file, a prefix with a `.index` file beside it, or a released '
+        f'.tar.gz / .tgz')
   raise FileNotFoundError(
       f'{path!r} is not a TF checkpoint: expected a directory with a `checkpoint` file, '
       f'a prefix with a `.index` file beside it, or a `.tar.gz` of one')
@@ -207,18 +213,47 @@ def load_official_checkpoint(path: str, config: ml_collections.ConfigDict, *,
   unexpected = sorted(name for name in ckpt if name not in used and not _ignorable(
       name, ema, backbone, backbone_only, reinit_class_head))
   if missing or mismatched or unexpected:
-    lines = [f'checkpoint {prefix} does not match {config.model.name}:']
-    for title, names in (('missing from the checkpoint', missing),
-                         ('shape mismatch', mismatched),
-                         ('unexpected in the checkpoint (not used by the model)', unexpected)):
-      if names:
-        lines.append(f'  {title} ({len(names)}):')
-        lines.extend(f'    {n}' for n in names[:50])
-        if len(names) > 50:
-          lines.append(f'    ... and {len(names) - 50} more')
-    raise CheckpointMismatchError('\n'.join(lines))
+    raise CheckpointMismatchError(mismatch_message(prefix, ckpt, config, missing, mismatched,
+                                                   unexpected))
   logging.info('Loaded %d variables from %s', len(used), prefix)
   return out
+
+
+def mismatch_message(prefix: str, ckpt: Dict[str, np.ndarray], config: ml_collections.ConfigDict,
+                     missing, mismatched, unexpected, examples: int = 5) -> str:
+  """The lists of differences (a few names each) and, last, what the checkpoint
+  holds against what the config asks for."""
+  lines = []
+  for title, names in (('missing from the checkpoint', missing),
+                       ('shape mismatch', mismatched),
+                       ('unexpected in the checkpoint (not used by the model)', unexpected)):
+    if names:
+      more = f', ... and {len(names) - examples} more' if len(names) > examples else ''
+      lines.append(f'  {title} ({len(names)}): {", ".join(names[:examples])}{more}')
+  guess = guess_model(ckpt)
+  held = f'{guess} (guessed from its names and shapes)' if guess else 'no EfficientDet size known here'
+  lines.append(f'checkpoint {prefix} holds {held}; the config is {config.model.name}')
+  return '\n'.join(lines)
+
+
+def guess_model(ckpt: Dict[str, np.ndarray]) -> str:
+  """'efficientdet-d3' (or 'efficientdet-d6 or efficientdet-d7', which share every
+  weight) for a checkpoint's tensors, from its backbone, BiFPN and head sizes; ''
+  when no official size fits."""
+  names = {n[:-len(EMA_SUFFIX)] if n.endswith(EMA_SUFFIX) else n: v for n, v in ckpt.items()}
+  backbones = {n.split('/')[0] for n in names if n.startswith('efficientnet-')}
+  head_bias = names.get('class_net/class-0/bias')
+  if len(backbones) != 1 or head_bias is None:
+    return ''
+  held = (backbones.pop(), int(np.shape(head_bias)[-1]),
+          len({m.group(1) for n in names for m in [re.match(r'fpn_cells/cell_(\d+)/', n)] if m}),
+          len({m.group(1) for n in names for m in [re.match(r'class_net/class-(\d+)/', n)] if m}))
+  fits = []
+  for name in model_configs.MODEL_NAMES:
+    m = model_configs.model_config(name)
+    if (m.backbone, m.fpn_num_filters, m.fpn_cell_repeats, m.box_class_repeats) == held:
+      fits.append(m.name)
+  return ' or '.join(fits)
 
 
 def official_variables(variables, config: ml_collections.ConfigDict) -> Dict[str, np.ndarray]:

@@ -27,7 +27,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 import tensorflow as tf
 
-from effdet_jax import checkpoint, optim, parallel
+from effdet_jax import checkpoint, optim, parallel, progress
 from effdet_jax.data import categories as categories_lib, input_pipeline
 from effdet_jax.detection import anchors as anchors_lib
 from effdet_jax.detection import postprocess as postprocess_lib
@@ -182,6 +182,7 @@ class Evaluator:
     """`variables` (`{'params', 'batch_stats'}`, replicated over the mesh) -> the COCO numbers."""
     start, compile_seconds = time.time(), 0.0
     outputs, to_draw = [], []
+    report = progress.EvalProgress(self.data.num_batches, self.config.eval.global_batch_size)
     for batch in self.data.dataset.as_numpy_iterator():
       inputs = parallel.to_global(self._device_batch(batch), self._sharding)
       if self._compiled is None:
@@ -189,6 +190,8 @@ class Evaluator:
         self._compiled = self._step.lower(variables, inputs).compile()
         compile_seconds = time.time() - compiling
       outputs.append(self._compiled(variables, inputs))
+      if jax.process_index() == 0:
+        report.update(len(outputs), outputs[-1])
       if jax.process_index() == 0:
         to_draw.extend(self._keep_for_drawing(batch, self.config.eval.num_images_to_draw
                                               - len(to_draw)))

@@ -6,7 +6,6 @@ finds the others from the environment. Elsewhere (several processes on one
 machine, other clusters) pass `--coordinator_address`, `--num_processes` and
 `--process_id`. `launch/` starts all of these.
 """
-import logging as py_logging
 import os
 import time
 
@@ -40,16 +39,10 @@ def cluster_from_environment() -> str:
   return ''
 
 
-def _quiet_orbax(record: py_logging.LogRecord) -> bool:
-  """Orbax logs every checkpoint step at INFO through absl; keep its warnings only."""
-  return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_quiet_orbax)
   initialize_distributed()
   # TF is only the input pipeline here: keep it off any accelerator.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -12,12 +12,14 @@ A sweep file (`configs/sweeps/*.py`) defines `get_sweep()`:
     python -m effdet_jax.sweep run     --sweep FILE --root DIR   # one after another, here
     python -m effdet_jax.sweep print   --sweep FILE --root DIR --launcher tpu \
         --launcher_args='--name pod --zone us-central2-b --bucket gs://b'
-    python -m effdet_jax.sweep summary --root DIR                # a table from metrics.jsonl
+    python -m effdet_jax.sweep summary --root DIR [--sweep FILE] # a table from metrics.jsonl
 
 Each run's workdir is `<root>/<index>_<key>=<value>_...` (the last component of
-each overridden key, the full key where two would clash) and holds
-`sweep_point.json` (the sweep, the base config, the overrides), which
-`summary` reads back with the run's `metrics.jsonl`.
+each overridden key, the full key where two would clash). `run` writes
+`sweep_point.json` (the sweep, the base config, the overrides) into each, which
+`summary` reads back with the run's `metrics.jsonl`; `print` writes nothing
+(the launchers make the workdirs, on gs:// too), so for its runs give
+`summary` the `--sweep` as well.
 """
 import argparse
 import dataclasses
@@ -29,11 +31,12 @@ import re
 import shlex
 import subprocess
 import sys
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import ml_collections
 import tensorflow as tf
 
+from effdet_jax import cli
 from effdet_jax.metrics_writer import read_metrics
 
 POINT_FILE = 'sweep_point.json'
@@ -193,21 +196,28 @@ def launch_command(run: Run, launcher: str, launcher_args: str, sweep: Sweep) ->
   raise ValueError(f'unknown launcher {launcher!r}; expected one of {LAUNCHERS}')
 
 
-def summarize(root: str) -> List[Dict[str, Any]]:
-  """Per run under `root`: overrides, last step, final loss, final and best AP."""
+def summarize(root: str, runs: Optional[Sequence[Run]] = None) -> List[Dict[str, Any]]:
+  """Per run under `root`: overrides, last step, final loss, final and best AP.
+
+  The runs are those of `runs` (a sweep's points, expanded) or else the
+  workdirs holding `sweep_point.json` (written by `run`)."""
+  if not tf.io.gfile.isdir(root):
+    raise FileNotFoundError(f'--root {root} does not exist; expected the --root a sweep ran under')
+  if runs is None:
+    runs = []
+    for entry in sorted(tf.io.gfile.listdir(root)):
+      point_file = os.path.join(root, entry.rstrip('/'), POINT_FILE)
+      if tf.io.gfile.exists(point_file):
+        with tf.io.gfile.GFile(point_file) as f:
+          point = json.load(f)
+        runs.append(Run(point['name'], os.path.dirname(point_file), point['overrides'], []))
   rows = []
-  for entry in sorted(tf.io.gfile.listdir(root)):
-    workdir = os.path.join(root, entry.rstrip('/'))
-    point_file = os.path.join(workdir, POINT_FILE)
-    if not tf.io.gfile.exists(point_file):
-      continue
-    with tf.io.gfile.GFile(point_file) as f:
-      point = json.load(f)
-    records = read_metrics(workdir)
+  for run in runs:
+    records = read_metrics(run.workdir) if tf.io.gfile.isdir(run.workdir) else []
     train = [r for r in records if 'loss' in r]
     evals = [r for r in records if 'AP' in r]
     best = max(evals, key=lambda r: r['AP']) if evals else None
-    rows.append({'name': point['name'], 'overrides': point['overrides'],
+    rows.append({'name': run.name, 'overrides': run.overrides,
                  'step': max((r['step'] for r in records), default=0),
                  'loss': train[-1]['loss'] if train else None,
                  'AP': evals[-1]['AP'] if evals else None,
@@ -240,7 +250,7 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+  parser = cli.ArgumentParser(description=__doc__.split('\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog=__doc__.split('\n', 1)[1])
   parser.add_argument('command', choices=('expand', 'run', 'print', 'summary'))
@@ -249,12 +259,24 @@ def main(argv=None) -> int:
   parser.add_argument('--launcher', default='local', choices=LAUNCHERS, help='print: for which')
   parser.add_argument('--launcher_args', default='', help='print: more arguments for the launcher')
   parser.add_argument('--json', action='store_true', help='summary: JSON lines instead of a table')
+  parser.add_argument('-v', '--verbosity', type=int, default=0, help='1: tracebacks on errors')
   args = parser.parse_args(argv)
+  try:
+    return _command(args, parser)
+  except (ValueError, OSError) as e:
+    if args.verbosity >= 1:
+      raise
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+
+
+def _command(args, parser) -> int:
   if args.command == 'summary':
-    rows = summarize(args.root)
+    runs = expand(load_sweep(args.sweep), args.root, args.sweep) if args.sweep else None
+    rows = summarize(args.root, runs)
     if not rows:
-      print(f'no runs (no {POINT_FILE}) under {args.root}', file=sys.stderr)
-      return 1
+      raise FileNotFoundError(f'no runs under {args.root}: no {POINT_FILE} (written by `run`); '
+                              'for runs started from `print`, pass their --sweep')
     print('\n'.join(json.dumps(r) for r in rows) if args.json else format_table(rows))
     return 0
   if not args.sweep:
@@ -265,11 +287,11 @@ def main(argv=None) -> int:
     for run in runs:
       print(f'{run.workdir}  {" ".join(run.flags[3:])}')
     return 0
-  write_points(sweep, runs)
-  if args.command == 'print':
+  if args.command == 'print':      # writes nothing: the launchers make the workdirs
     for run in runs:
       print(shlex.join(launch_command(run, args.launcher, args.launcher_args, sweep)))
     return 0
+  write_points(sweep, runs)
   failed = []
   for i, run in enumerate(runs):
     print(f'[{i + 1}/{len(runs)}] {run.name}', flush=True)

@@ -19,7 +19,8 @@ import ml_collections
 from jax.experimental import multihost_utils
 import tensorflow as tf
 
-from effdet_jax import checkpoint, convert, evaluate, optim, parallel, precision
+from effdet_jax import (checkpoint, convert, evaluate, optim, parallel, precision,
+                        progress)
 from effdet_jax.data import categories as categories_lib, input_pipeline
 from effdet_jax.metrics_writer import MetricsWriter
 from effdet_jax.train_step import METRICS, TrainState, create_state, jit_train_step
@@ -43,6 +44,7 @@ def initial_variables(config: ml_collections.ConfigDict):
   path = config.train.init_checkpoint
   if not path:
     return convert.init_variables(config, jax.random.PRNGKey(config.seed))
+  checkpoint.require_existing(path, '--config.train.init_checkpoint:')
   if config.train.init_backbone_only:
     return convert.load_official_checkpoint(path, config, backbone_only=True,
                                             rng=jax.random.PRNGKey(config.seed))
@@ -75,13 +77,6 @@ class _Preemption:
   def close(self):
     if not self.multi:
       signal.signal(signal.SIGTERM, self.previous)
-
-
-def _format_eta(seconds: float) -> str:
-  seconds = int(seconds)
-  if seconds >= 3600:
-    return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
-  return f'{seconds // 60}m{seconds % 60:02d}s'
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -209,6 +204,6 @@ def _log(writer, state, step, total_steps, images_per_sec, step_time, bad_images
                '%.1f img/s %.3f s/step ETA %s%s', step, total_steps, 100 * step / total_steps,
                scalars['loss'], scalars['cls_loss'], scalars['box_loss'], scalars['l2_loss'],
                scalars['learning_rate'], scalars['grad_norm'], images_per_sec, step_time,
-               _format_eta(eta),
+               progress.format_eta(eta),
                f' (bad data so far: images {bad_images}, boxes {bad_boxes})'
                if any(bad_images.values()) or any(bad_boxes.values()) else '')

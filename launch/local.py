@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from effdet_jax import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -36,7 +38,7 @@ def workdir_of(main_flags):
       return flag.split('=', 1)[1]
     if flag == '--workdir' and i + 1 < len(main_flags):
       return main_flags[i + 1]
-  raise SystemExit('give the flags of effdet_jax.main after "--", including --workdir')
+  cli.fail('give the flags of effdet_jax.main after "--", including --workdir')
 
 
 def commands(num_processes: int, port: int, main_flags):
@@ -100,7 +102,7 @@ def run(num_processes: int, devices_per_process: int, main_flags, dry_run: bool 
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+  parser = cli.ArgumentParser(description=__doc__.split('\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--num_processes', type=int, default=2)
   parser.add_argument('--devices_per_process', type=int, default=1)

@@ -23,6 +23,8 @@ import shlex
 import subprocess
 import sys
 
+from effdet_jax import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNAL_SECONDS = 120
 
@@ -54,7 +56,7 @@ def sbatch_script(args, main_flags) -> str:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+  parser = cli.ArgumentParser(description=__doc__.split('\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog=__doc__.split('\n', 1)[1])
   parser.add_argument('--workdir', required=True, help='on storage shared by all nodes')

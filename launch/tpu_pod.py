@@ -29,6 +29,8 @@ import shlex
 import subprocess
 import sys
 
+from effdet_jax import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACTIONS = ('create', 'setup', 'train', 'logs', 'stop', 'resume', 'delete', 'up')
 REMOTE_DIR = 'effdet_jax'
@@ -121,8 +123,9 @@ def stop_command(gc):
 def act(args) -> int:
   gc = Gcloud(args)
   if args.action in ('train', 'up', 'resume') and not workdir(args).startswith('gs://'):
-    raise SystemExit(f'the workdir must be on gs:// (every worker writes to it): pass '
-                     f'--bucket gs://BUCKET or --workdir gs://...; got {workdir(args)!r}')
+    print(f'error: the workdir must be on gs:// (every worker writes to it): pass '
+          f'--bucket gs://BUCKET or --workdir gs://...; got {workdir(args)!r}', file=sys.stderr)
+    return 1
   if args.action in ('create', 'up'):
     state = gc.run(gc.describe(), check=False, capture=True).strip()
     if state:
@@ -145,7 +148,8 @@ def act(args) -> int:
         gc.run(cmd)
   if args.action in ('train', 'up', 'resume'):
     gc.run(train_command(args, gc))
-    print(f'started; workdir {workdir(args)}; logs: python launch/tpu_pod.py logs '
+    done = 'dry run: nothing started' if args.dry_run else 'started'
+    print(f'{done}; workdir {workdir(args)}; logs: python launch/tpu_pod.py logs '
           f'--name {args.name} --zone {args.zone} --run {args.run}', flush=True)
   if args.action == 'logs':
     gc.run(logs_command(args, gc))
@@ -157,7 +161,7 @@ def act(args) -> int:
 
 
 def parse(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+  parser = cli.ArgumentParser(description=__doc__.split('\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog=__doc__.split('\n', 1)[1])
   parser.add_argument('action', choices=ACTIONS)

@@ -1,5 +1,6 @@
 """Official checkpoints load by name and give the official outputs."""
 import os
+import re
 import tarfile
 
 import jax
@@ -123,8 +124,11 @@ def test_prefix_directory_and_archive_are_accepted(parity, tmp_path, ckpt_tensor
     tar.add(ckpt_dir, arcname='efficientdet-d0')
   prefix = convert.resolve_checkpoint(str(archive))
   assert sorted(convert.read_checkpoint(prefix)) == sorted(ckpt_tensors)
-  with pytest.raises(FileNotFoundError, match='not a TF checkpoint'):
+  with pytest.raises(FileNotFoundError, match='nothing does not exist; expected an official'):
     convert.resolve_checkpoint(str(tmp_path / 'nothing'))
+  (tmp_path / 'notes.txt').write_text('x')
+  with pytest.raises(FileNotFoundError, match='not a TF checkpoint'):
+    convert.resolve_checkpoint(str(tmp_path / 'notes.txt'))
 
 
 def test_mismatches_are_all_listed(tmp_path, ckpt_tensors):
@@ -137,12 +141,30 @@ def test_mismatches_are_all_listed(tmp_path, ckpt_tensors):
   with pytest.raises(convert.CheckpointMismatchError) as e:
     convert.load_official_checkpoint(prefix, get_config('d0'))
   message = str(e.value)
-  assert 'missing from the checkpoint (1)' in message and 'box_net/box-2/bias' + ema in message
+  assert 'missing from the checkpoint (1): box_net/box-2/bias' + ema in message
   assert 'class_net/class-1/bias' + ema + ': checkpoint [3], model [64]' in message
   assert 'unexpected in the checkpoint' in message and 'mystery/kernel' + ema in message
-  # A different size is refused the same way, never loaded half-way.
-  with pytest.raises(convert.CheckpointMismatchError, match='shape mismatch'):
+  assert message.splitlines()[-1] == (f'checkpoint {prefix} holds efficientdet-d0 (guessed from '
+                                      'its names and shapes); the config is efficientdet-d0')
+  # A different size is refused the same way, never loaded half-way; each list
+  # names five examples and counts the rest, and the summary comes last.
+  with pytest.raises(convert.CheckpointMismatchError) as e:
     convert.load_official_checkpoint(os.path.dirname(prefix) + '/broken', get_config('d1'))
+  *details, summary = str(e.value).splitlines()
+  assert summary.endswith('holds efficientdet-d0 (guessed from its names and shapes); '
+                          'the config is efficientdet-d1')
+  shapes = [l for l in details if l.startswith('  shape mismatch (')][0]
+  assert shapes.count('checkpoint [') == 5 and re.search(r'\.\.\. and \d+ more$', shapes)
+
+
+def test_the_size_is_guessed_from_the_names_and_shapes():
+  def tensors(name):
+    return {convert.official_name(collection, path, get_config(name).model.backbone): np.zeros(a.shape)
+            for collection in ('params', 'batch_stats')
+            for path, a in convert._flatten(convert.abstract_variables(get_config(name))[collection])}
+  assert convert.guess_model(tensors('lite0')) == 'efficientdet-lite0'
+  assert convert.guess_model(tensors('d6')) == 'efficientdet-d6 or efficientdet-d7'
+  assert convert.guess_model({'mystery/kernel': np.zeros(2)}) == ''
 
 
 def test_raw_only_checkpoint_and_use_ema_request(tmp_path, ckpt_tensors):

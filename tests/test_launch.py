@@ -48,6 +48,7 @@ def test_tpu_pod_dry_run_for_two_workers():
                '--config.train.learning_rate=0.1', 'nohup', '~/effdet_logs/r1.log'):
     assert part in train, part
   assert '--coordinator_address' not in train   # workers find each other on a slice
+  assert out.stdout.splitlines()[-1].startswith('dry run: nothing started; workdir gs://bkt/runs/r1')
 
   stop, = _commands(_launch('tpu_pod.py', 'stop', *where, '--dry_run').stdout)
   assert '--worker=all' in stop and 'pkill -TERM' in stop and 'effdet_jax.main' in stop
@@ -61,7 +62,7 @@ def test_tpu_pod_dry_run_for_two_workers():
   delete, = _commands(_launch('tpu_pod.py', 'delete', *where, '--dry_run').stdout)
   assert delete.endswith('--quiet')
   local = _launch('tpu_pod.py', 'train', *where, '--bucket', '/tmp/x', '--dry_run', check=False)
-  assert local.returncode != 0 and 'gs://' in local.stderr
+  assert local.returncode == 1 and local.stderr.startswith('error: the workdir must be on gs://')
 
 
 def test_slurm_dry_run_for_two_nodes():
@@ -225,3 +226,10 @@ def test_sweep_runs_locally_and_summarizes_real_metrics(data_root, cached_env, t
                          timeout=300, check=True).stdout.splitlines()
   assert table[0].split()[:4] == ['run', 'train.num_steps', 'data.jitter_max',
                                   'data.input_rand_hflip'] and len(table) == 3
+  # Runs started from `print` (no sweep_point.json) are found from the sweep itself.
+  for run in rows:
+    os.remove(root / run['name'] / sweep_lib.POINT_FILE)
+  from_sweep = subprocess.run([sys.executable, '-m', 'effdet_jax.sweep', 'summary', '--root',
+                               str(root), '--sweep', path, '--json'], cwd=ROOT, env=env(1),
+                              capture_output=True, text=True, timeout=300, check=True)
+  assert [json.loads(line) for line in from_sweep.stdout.splitlines()] == rows

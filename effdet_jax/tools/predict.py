@@ -10,7 +10,8 @@ or one of its `checkpoints/<step>` directories; DIR is an inference bundle
 written by `effdet_jax.export` (it carries its config and category names).
 `detections.json` holds one entry per image: `{"image", "height", "width",
 "detections": [{"box": [ymin, xmin, ymax, xmax], "score", "category_id",
-"label"}, ...]}` with boxes in original pixels.
+"label"}, ...]}` with boxes in original pixels; a file that cannot be read is
+skipped, its entry `{"image", "error"}`, and the command then exits with status 1.
 """
 import json
 import os
@@ -45,15 +46,29 @@ def to_entries(paths: Sequence[str], images: Sequence[np.ndarray], results,
 
 def detect_files(detector: Detector, image_paths: Sequence[str], output: str,
                  draw_dir: Optional[str] = None, draw_min_score: float = 0.3) -> List[dict]:
-  """Run `detector` on image files; write `output` (JSON) and the pictures."""
-  images = [load_image(p) for p in image_paths]
-  entries = to_entries(image_paths, images, detector(images), detector.label)
+  """Run `detector` on image files; write `output` (JSON) and the pictures.
+
+  A file that cannot be read is skipped, not fatal: its entry is `{"image",
+  "error"}`, in its place in the list.
+  """
+  loaded, errors = {}, {}
+  for path in image_paths:
+    try:
+      loaded[path] = load_image(path)
+    except ValueError as e:
+      errors[path] = str(e)
+  readable = list(loaded)
+  results = to_entries(readable, list(loaded.values()),
+                       detector(list(loaded.values())) if loaded else [], detector.label)
+  by_path = dict(zip(readable, results))
+  entries = [by_path[p] if p in by_path else {'image': p, 'error': errors[p]} for p in image_paths]
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, 'w') as f:
     json.dump(entries, f, indent=1)
   if draw_dir:
     os.makedirs(draw_dir, exist_ok=True)
-    for path, image, entry in zip(image_paths, images, entries):
+    for path, image in loaded.items():
+      entry = by_path[path]
       target = os.path.join(draw_dir, os.path.splitext(os.path.basename(path))[0] + '.png')
       Image.fromarray(draw_boxes(image, entry['detections'], draw_min_score)).save(target)
       count = count_drawn(entry['detections'], draw_min_score)
@@ -87,11 +102,18 @@ def main(argv):
     entries = predict(FLAGS.config, FLAGS.checkpoint, paths, FLAGS.output, FLAGS.draw_dir,
                       FLAGS.draw_min_score, FLAGS.per_class_nms, FLAGS.batch_size)
   for entry in entries:
+    if 'error' in entry:
+      print(f"{entry['image']}: skipped (unreadable)")
+      continue
     top = entry['detections'][:3]
     print(f"{entry['image']}: {len(entry['detections'])} detections; top: " +
           ', '.join(f"{d['label']} {d['score']:.2f} at {[round(c) for c in d['box']]}"
                     for d in top))
   print(f'wrote {FLAGS.output}')
+  skipped = [e for e in entries if 'error' in e]
+  if skipped:
+    raise ValueError(f'{len(skipped)} of {len(entries)} images could not be read and were '
+                     f'skipped (their "error" is in {FLAGS.output}): {skipped[0]["error"]}')
 
 
 if __name__ == '__main__':
