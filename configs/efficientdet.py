@@ -130,6 +130,9 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   # '' (none), 'v0' ... 'v3' (the official AutoAugment policies; v0 is the paper's) or
   # 'randaug' (the official RandAugment), effdet_jax/data/autoaugment.py.
   config.data.autoaugment_policy = ''
+  # Mosaic: each training image shares the input with the next three of the stream, as
+  # the official aug/mosaic.py composes them (effdet_jax/data/mosaic.py); before the above.
+  config.data.mosaic = False
   config.data.max_instances_per_image = 100
   config.data.skip_crowd_during_training = True
 

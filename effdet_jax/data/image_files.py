@@ -13,12 +13,22 @@ def load_image(path: str) -> np.ndarray:
       data = f.read()
   except tf.errors.OpError as e:
     raise ValueError(f'cannot read image {path!r}: {e.message}') from e
-  try:
-    return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
-  except (tf.errors.InvalidArgumentError, ValueError):
-    pass
+  if _tf_decodes(data):
+    try:
+      return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    except (tf.errors.InvalidArgumentError, ValueError):
+      pass
   try:
     with Image.open(path) as image:
       return np.asarray(image.convert('RGB'))
   except (OSError, ValueError) as e:
     raise ValueError(f'cannot read image {path!r}: {e}') from e
+
+
+# The signatures of what `tf.io.decode_image` reads. Other bytes go to PIL at once: a
+# failed TF decode logs a C++ warning that no log level hides.
+_TF_SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG', b'GIF8', b'BM')
+
+
+def _tf_decodes(data: bytes) -> bool:
+  return data.startswith(_TF_SIGNATURES) or (data[:4] == b'RIFF' and data[8:12] == b'WEBP')

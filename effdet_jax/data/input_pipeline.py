@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from effdet_jax.data import augment, autoaugment, categories as categories_lib, sanitize
+from effdet_jax.data import mosaic as mosaic_lib
 from effdet_jax.data.coco_json import CocoJsonSource
 from effdet_jax.data.source import Source
 from effdet_jax.data.tfds_source import TfdsSource
@@ -164,9 +165,11 @@ def train_data(config: ml_collections.ConfigDict, start_step: int = 0,
     example['seed'] = key
     return example
 
+  def clean(example):
+    return sanitize.clean(example, table, source.boxes_normalized,
+                          data.skip_crowd_during_training, max_instances)
+
   def transform(example):
-    example = sanitize.clean(example, table, source.boxes_normalized,
-                             data.skip_crowd_during_training, max_instances)
     image, boxes, classes = augment.train_transform(
         example['pixels'], example['boxes'], example['classes'], output_size, example['seed'],
         data.input_rand_hflip, data.jitter_min, data.jitter_max, config.model.mean_rgb,
@@ -182,7 +185,15 @@ def train_data(config: ml_collections.ConfigDict, start_step: int = 0,
   ds = tf.data.Dataset.range(start_epoch, _NO_END).flat_map(epoch)
   ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = _loaded(ds, source)
-  ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if data.mosaic:   # each example and the next three of the stream in one image
+    ds = ds.map(clean, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = mosaic_lib.windows(ds).map(
+        lambda group: mosaic_lib.mosaic(group, output_size, max_instances),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  else:
+    ds = ds.map(lambda example: transform(clean(example)), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
   ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   return TrainData(ds.with_options(_options()), cmap, host_share, source)
 
