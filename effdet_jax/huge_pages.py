@@ -53,7 +53,8 @@ def active() -> bool:
 
 
 def reexec_with_huge_pages():
-  """Call first thing in a command's `__main__`; returns only where nothing is to be done."""
+  """Restart this process with the tunable (`startup.quiet` calls it first thing for the
+  commands that want it); returns only where nothing is to be done."""
   env = environment_with_tunable(os.environ)
   if env is not None:
     sys.stdout.flush()

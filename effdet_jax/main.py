@@ -13,7 +13,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from effdet_jax import cli, huge_pages, precision
+from effdet_jax import cli, precision
 
 FLAGS = flags.FLAGS
 MODES = ('train', 'eval', 'train_and_eval')
@@ -88,7 +88,6 @@ def _summary(metrics, step, checkpoint=''):
 
 
 if __name__ == '__main__':
-  huge_pages.reexec_with_huge_pages()
   config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0', lock_config=True)
   flags.DEFINE_string('workdir', None, 'checkpoints, metrics.jsonl, TensorBoard (may be gs://)')
   flags.DEFINE_enum('mode', 'train', MODES, 'train; eval (one checkpoint, COCO mAP); or '

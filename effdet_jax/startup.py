@@ -6,7 +6,8 @@ imported (from the package's `__init__`): TF's C++ notices (the oneDNN line,
 import whatever TF_CPP_MIN_LOG_LEVEL says) and libtpu's TPU probing on a
 machine without TPUs (a dozen lines when the `tpu` extra is installed) are
 hidden. Nothing else is: TF's import runs with stderr captured and every line
-but the known notices is printed again. `--verbosity=1` (or
+but the known notices is printed again. `main` and `benchmark` first restart
+themselves with huge pages (`huge_pages.py`), before TF is imported. `--verbosity=1` (or
 `TF_CPP_MIN_LOG_LEVEL` / `JAX_PLATFORMS` set by the user) keeps it all.
 """
 import contextlib
@@ -15,10 +16,21 @@ import os
 import re
 import sys
 import tempfile
-from typing import Iterator, List, Sequence
+from typing import Iterator, Sequence
+
+from effdet_jax import huge_pages
 
 NOTICES = ('All log messages before absl::InitializeLog() is called',
            'oneDNN custom operations are on')
+# The commands whose time goes into XLA:CPU steps restart once with huge pages
+# (effdet_jax/huge_pages.py), before anything heavy is imported.
+HUGE_PAGE_COMMANDS = ('effdet_jax.main', 'effdet_jax.tools.benchmark')
+
+
+def command(orig_argv: Sequence[str]) -> str:
+  """'effdet_jax.main' for `python -m effdet_jax.main ...`, else ''."""
+  args = list(orig_argv)
+  return args[args.index('-m') + 1] if '-m' in args[:-1] else ''
 
 
 def verbose(argv: Sequence[str]) -> bool:
@@ -32,6 +44,8 @@ def verbose(argv: Sequence[str]) -> bool:
 
 
 def quiet(argv: Sequence[str] = ()) -> None:
+  if command(sys.orig_argv) in HUGE_PAGE_COMMANDS:
+    huge_pages.reexec_with_huge_pages()
   if verbose(argv or sys.argv):
     return
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # TF's INFO and WARNING lines from C++

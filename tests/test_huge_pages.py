@@ -1,4 +1,5 @@
 """The commands restart once with glibc's huge-page tunable, and only where it does something."""
+import json
 import os
 import subprocess
 import sys
@@ -42,3 +43,19 @@ def test_reexec_keeps_the_command_line():
   out = subprocess.run([sys.executable, '-c', script, 'a'], env=env, check=True,
                        capture_output=True, text=True).stdout.splitlines()
   assert out == ['start', "['a'] False"]
+
+
+def test_main_and_the_benchmark_restart_with_huge_pages_before_importing_tf():
+  if huge_pages.environment_with_tunable({}) is None:
+    pytest.skip('huge pages do nothing on this machine (glibc < 2.35 or THP off)')
+  from effdet_jax import startup
+  assert startup.command(['python', '-m', 'effdet_jax.main', '--x=1']) == 'effdet_jax.main'
+  assert startup.command(['python', 'script.py']) == ''
+  env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', huge_pages.OPT_OUT)}
+  env['PYTHONPATH'] = ROOT
+  out = subprocess.run([sys.executable, '-m', 'effdet_jax.tools.benchmark', '--config',
+                        'configs/efficientdet.py:lite0', '--mode', 'postprocess', '--batch_size', '1',
+                        '--repeats', '1', '--warmup', '0', '--json'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert json.loads(out.stdout.splitlines()[-1])['huge_pages'] is True

@@ -385,7 +385,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  huge_pages.reexec_with_huge_pages()
   config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
   flags.DEFINE_string('mode', 'infer', f'one of {MODES}')
   flags.DEFINE_integer('batch_size', 1, 'images per step')
