@@ -21,6 +21,8 @@ import jax
 import numpy as np
 from jax.experimental import topologies
 
+from effdet_jax import startup
+
 GIB = 2**30
 
 
@@ -79,8 +81,10 @@ def parse(spec: str) -> Target:
   generation, topology = match.groups()
   chip = CHIPS[generation]
   try:
-    devices = topologies.get_topology_desc(topology_name=f'{generation}:{topology}',
-                                           platform='tpu').devices
+    # libtpu says it cannot find this machine's TPU type: true, and beside the point here.
+    with startup.stderr_filtered(('Failed to find host bounds for accelerator type',)):
+      devices = topologies.get_topology_desc(topology_name=f'{generation}:{topology}',
+                                             platform='tpu').devices
   except Exception as e:  # libtpu missing or the topology unknown to it: one line says which
     raise ValueError(f'--target={spec!r}: XLA cannot describe this TPU slice ({type(e).__name__}: '
                      f'{str(e).splitlines()[0] if str(e) else e}); is libtpu installed '
