@@ -251,8 +251,8 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
 
 def main(argv=None) -> int:
   parser = cli.ArgumentParser(description=__doc__.split('\n')[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   epilog=__doc__.split('\n', 1)[1])
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=__doc__.split('\n', 1)[1])
   parser.add_argument('command', choices=('expand', 'run', 'print', 'summary'))
   parser.add_argument('--sweep', default='', help='a sweep file (configs/sweeps/*.py)')
   parser.add_argument('--root', required=True, help='one workdir per run is made under it')
@@ -263,11 +263,10 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     return _command(args, parser)
-  except (ValueError, OSError) as e:
+  except cli.USER_ERRORS as e:
     if args.verbosity >= 1:
       raise
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+    cli.fail(str(e))
 
 
 def _command(args, parser) -> int:

@@ -103,7 +103,7 @@ def run(num_processes: int, devices_per_process: int, main_flags, dry_run: bool 
 
 def main():
   parser = cli.ArgumentParser(description=__doc__.split('\n')[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--num_processes', type=int, default=2)
   parser.add_argument('--devices_per_process', type=int, default=1)
   parser.add_argument('--dry_run', action='store_true', help='print the commands only')

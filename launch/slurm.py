@@ -57,8 +57,8 @@ def sbatch_script(args, main_flags) -> str:
 
 def main():
   parser = cli.ArgumentParser(description=__doc__.split('\n')[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   epilog=__doc__.split('\n', 1)[1])
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=__doc__.split('\n', 1)[1])
   parser.add_argument('--workdir', required=True, help='on storage shared by all nodes')
   parser.add_argument('--config', default='configs/efficientdet.py:d0')
   parser.add_argument('--mode', default='train_and_eval', choices=('train', 'eval', 'train_and_eval'))

@@ -123,9 +123,8 @@ def stop_command(gc):
 def act(args) -> int:
   gc = Gcloud(args)
   if args.action in ('train', 'up', 'resume') and not workdir(args).startswith('gs://'):
-    print(f'error: the workdir must be on gs:// (every worker writes to it): pass '
-          f'--bucket gs://BUCKET or --workdir gs://...; got {workdir(args)!r}', file=sys.stderr)
-    return 1
+    cli.fail(f'the workdir must be on gs:// (every worker writes to it): pass '
+             f'--bucket gs://BUCKET or --workdir gs://...; got {workdir(args)!r}')
   if args.action in ('create', 'up'):
     state = gc.run(gc.describe(), check=False, capture=True).strip()
     if state:
@@ -162,8 +161,8 @@ def act(args) -> int:
 
 def parse(argv):
   parser = cli.ArgumentParser(description=__doc__.split('\n')[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   epilog=__doc__.split('\n', 1)[1])
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=__doc__.split('\n', 1)[1])
   parser.add_argument('action', choices=ACTIONS)
   parser.add_argument('--name', required=True, help='TPU VM name')
   parser.add_argument('--zone', required=True, help='e.g. us-central2-b')

@@ -1,5 +1,6 @@
 """Small datasets written on the fly for the data tests."""
 import io
+import itertools
 import json
 import os
 
@@ -7,6 +8,13 @@ import numpy as np
 from PIL import Image
 
 from configs.efficientdet import get_config
+from effdet_jax.data import input_pipeline
+
+
+def train_batches(config, count: int, **kwargs):
+  """The first `count` training batches of host 0 of 1 (`train_data`'s other arguments in kwargs)."""
+  data = input_pipeline.train_data(config, process_index=0, process_count=1, **kwargs)
+  return list(itertools.islice(data.dataset.as_numpy_iterator(), count))
 
 
 def encode(array: np.ndarray, fmt: str, mode: str = 'RGB') -> bytes:

@@ -1,7 +1,6 @@
 """AutoAugment and RandAugment: every operation at the official magnitudes, boxes
 following their pixels, the policies seeded and resumable in the training stream."""
 import copy
-import itertools
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 from skimage import data
 
+from data_helpers import train_batches
 from effdet_jax.data import autoaugment, image_ops, input_pipeline
 from test_input_pipeline import config  # noqa: F401  (the module's dataset fixture)
 
@@ -114,24 +114,19 @@ def test_randaugment_is_seeded_and_keeps_boxes_in_the_image():
   assert 0.6 < np.mean(changed) < 1.0, np.mean(changed)
 
 
-def _batches(config, count, **kwargs):
-  data = input_pipeline.train_data(config, process_index=0, process_count=1, **kwargs)
-  return list(itertools.islice(data.dataset.as_numpy_iterator(), count))
-
-
 @pytest.mark.parametrize('policy', ['v0', 'randaug'])
 def test_training_stream_with_a_policy_is_deterministic_and_resumable(config, policy):
   augmented = copy.deepcopy(config)
   augmented.data.autoaugment_policy = policy
-  plain, first = _batches(config, 5), _batches(augmented, 5)
+  plain, first = train_batches(config, 5), train_batches(augmented, 5)
   for key in ('image_valid', 'images_skipped', 'boxes_dropped'):
     for p, a in zip(plain, first):
       np.testing.assert_array_equal(p[key], a[key], err_msg=key)
   assert any(not np.array_equal(p['boxes'], a['boxes']) for p, a in zip(plain, first))
-  for a, b in zip(first, _batches(augmented, 5)):
+  for a, b in zip(first, train_batches(augmented, 5)):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-  for a, b in zip(first[2:], _batches(augmented, 3, start_step=2)):
+  for a, b in zip(first[2:], train_batches(augmented, 3, start_step=2)):
     np.testing.assert_array_equal(a['image'], b['image'])
   bad = copy.deepcopy(config)
   bad.data.autoaugment_policy = 'v9'

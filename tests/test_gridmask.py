@@ -1,13 +1,13 @@
 """GridMask: the official grid, probabilities and rotation, stateless, boxes unmoved."""
 import copy
-import itertools
 from statistics import NormalDist
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from effdet_jax.data import gridmask, input_pipeline
+from data_helpers import train_batches
+from effdet_jax.data import gridmask
 from test_input_pipeline import config  # noqa: F401  (the module's dataset fixture)
 
 ALWAYS = 1e9   # prob: N(0, 1) < ALWAYS, the mask is always applied
@@ -65,21 +65,16 @@ def test_applied_with_the_officials_probability_and_seeded():
   assert not np.array_equal(_mask(7, prob=ALWAYS), _mask(8, prob=ALWAYS))
 
 
-def _batches(config, count, **kwargs):
-  data = input_pipeline.train_data(config, process_index=0, process_count=1, **kwargs)
-  return list(itertools.islice(data.dataset.as_numpy_iterator(), count))
-
-
 def test_training_stream_with_grid_mask_is_deterministic_resumable_boxes_unmoved(config):
   masked = copy.deepcopy(config)
   masked.data.grid_mask = True
-  plain, first = _batches(config, 5), _batches(masked, 5)
+  plain, first = train_batches(config, 5), train_batches(masked, 5)
   for key in ('boxes', 'classes', 'image_valid', 'images_skipped', 'boxes_dropped'):
     for p, m in zip(plain, first):
       np.testing.assert_array_equal(p[key], m[key], err_msg=key)
   assert any(not np.array_equal(p['image'], m['image']) for p, m in zip(plain, first))
-  again = _batches(masked, 5)
-  resumed = _batches(masked, 3, start_step=2)
+  again = train_batches(masked, 5)
+  resumed = train_batches(masked, 3, start_step=2)
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a['image'], b['image'])
   for a, b in zip(first[2:], resumed):

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from data_helpers import coco_config
+from data_helpers import coco_config, train_batches
 from effdet_jax.data import input_pipeline, synthetic
 
 
@@ -19,11 +19,6 @@ def config(tmp_path_factory):
   return c
 
 
-def _batches(config, count, **kwargs):
-  data = input_pipeline.train_data(config, process_index=0, process_count=1, **kwargs)
-  return list(itertools.islice(data.dataset.as_numpy_iterator(), count))
-
-
 def _assert_same(a, b):
   assert len(a) == len(b)
   for x, y in zip(a, b):
@@ -32,33 +27,33 @@ def _assert_same(a, b):
       np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
-def test_same_seed_same_batches_other_seed_other_batches(config):
-  first = _batches(config, 4)
-  _assert_same(first, _batches(config, 4))
+def test_same_seed_same_batches_other_seed_othertrain_batches(config):
+  first = train_batches(config, 4)
+  _assert_same(first, train_batches(config, 4))
   other = copy.deepcopy(config)
   other.seed = 1
-  assert not np.array_equal(first[0]['image'], _batches(other, 1)[0]['image'])
+  assert not np.array_equal(first[0]['image'], train_batches(other, 1)[0]['image'])
 
 
-def test_resume_at_step_k_sees_the_uninterrupted_batches(config):
+def test_resume_at_step_k_sees_the_uninterruptedtrain_batches(config):
   # 10 images, batches of 4: step 3 starts inside the second epoch.
-  uninterrupted = _batches(config, 7)
+  uninterrupted = train_batches(config, 7)
   for k in (1, 3, 5):
-    _assert_same(uninterrupted[k:], _batches(config, 7 - k, start_step=k))
+    _assert_same(uninterrupted[k:], train_batches(config, 7 - k, start_step=k))
 
 
 def test_each_epoch_is_a_new_permutation(config):
-  ids = np.concatenate([b['image_id'] for b in _batches(config, 5)])
+  ids = np.concatenate([b['image_id'] for b in train_batches(config, 5)])
   assert sorted(ids[:10]) == list(range(1, 11)) and sorted(ids[10:20]) == list(range(1, 11))
   assert not np.array_equal(ids[:10], ids[10:20])
 
 
-def test_two_hosts_read_their_slices_of_the_same_global_batches(config):
+def test_two_hosts_read_their_slices_of_the_same_globaltrain_batches(config):
   hosts = []
   for host in range(2):
     data = input_pipeline.train_data(config, process_index=host, process_count=2)
     hosts.append(list(itertools.islice(data.dataset.as_numpy_iterator(), 5)))
-  one_host = _batches(config, 5)
+  one_host = train_batches(config, 5)
   for step in range(5):
     # Each host reads its half of the global batch; together they are the 1-host batch.
     assert len(hosts[0][step]['image_id']) == len(hosts[1][step]['image_id']) == 2
@@ -67,7 +62,7 @@ def test_two_hosts_read_their_slices_of_the_same_global_batches(config):
 
 
 def test_batch_layout_and_bfloat16(config):
-  batch = _batches(config, 1)[0]
+  batch = train_batches(config, 1)[0]
   assert batch['image'].shape == (4, 64, 64, 3) and batch['image'].dtype == np.float32
   assert batch['boxes'].shape == (4, 100, 4) and batch['classes'].shape == (4, 100)
   valid = batch['classes'] >= 0
@@ -75,7 +70,7 @@ def test_batch_layout_and_bfloat16(config):
   assert (batch['boxes'][valid] <= 63).all() and (batch['boxes'][valid] >= 0).all()
   bf16 = copy.deepcopy(config)
   bf16.model.dtype = 'bfloat16'
-  assert _batches(bf16, 1)[0]['image'].dtype.name == 'bfloat16'
+  assert train_batches(bf16, 1)[0]['image'].dtype.name == 'bfloat16'
 
 
 def test_global_batch_must_divide_over_hosts(config):

@@ -1,14 +1,13 @@
 """Mosaic: four images around a point in the middle half, boxes moving with their pixels;
 in the training stream deterministic, resumable, and bad data counted once."""
 import copy
-import itertools
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_helpers import coco_config
-from effdet_jax.data import input_pipeline, mosaic, sanitize, synthetic
+from data_helpers import coco_config, train_batches
+from effdet_jax.data import mosaic, sanitize, synthetic
 
 OUT = (96, 128)
 
@@ -82,15 +81,10 @@ def config(tmp_path_factory):
   return c
 
 
-def _batches(config, count, **kwargs):
-  data = input_pipeline.train_data(config, process_index=0, process_count=1, **kwargs)
-  return list(itertools.islice(data.dataset.as_numpy_iterator(), count))
-
-
 def test_training_stream_with_mosaic_is_deterministic_resumable_and_counts_once(config):
   with_mosaic = copy.deepcopy(config)
   with_mosaic.data.mosaic = True
-  plain, first = _batches(config, 5), _batches(with_mosaic, 5)
+  plain, first = train_batches(config, 5), train_batches(with_mosaic, 5)
   # Each example is the first image of one mosaic, in the stream's order, and
   # brings its own validity and bad-data counts.
   for key in ('image_id', 'image_valid', 'images_skipped', 'boxes_dropped'):
@@ -99,11 +93,11 @@ def test_training_stream_with_mosaic_is_deterministic_resumable_and_counts_once(
   # Four images bring more boxes than one.
   assert sum((m['classes'] >= 0).sum() for m in first) > 2 * sum((p['classes'] >= 0).sum()
                                                                  for p in plain)
-  for a, b in zip(first, _batches(with_mosaic, 5)):
+  for a, b in zip(first, train_batches(with_mosaic, 5)):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
   # 10 images, batches of 4: step 3 starts inside the second epoch.
-  for a, b in zip(first[3:], _batches(with_mosaic, 2, start_step=3)):
+  for a, b in zip(first[3:], train_batches(with_mosaic, 2, start_step=3)):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
@@ -115,7 +109,7 @@ def test_boxes_past_max_instances_are_dropped_and_counted(config):
   plain = copy.deepcopy(few)
   plain.data.mosaic = False
   over = sanitize.BOX_DROP_REASONS.index('over_max_instances')
-  for p, m in zip(_batches(plain, 3), _batches(few, 3)):
+  for p, m in zip(train_batches(plain, 3), train_batches(few, 3)):
     assert m['boxes'].shape[1] == 2 and ((m['classes'] >= 0).sum(1) == 2).all()
     extra = m['boxes_dropped'][:, over] - p['boxes_dropped'][:, over]
     assert (extra > 0).all()     # every mosaic of these images has more than 2 boxes

@@ -57,10 +57,9 @@ def detect_files(detector: Detector, image_paths: Sequence[str], output: str,
       loaded[path] = load_image(path)
     except ValueError as e:
       errors[path] = str(e)
-  readable = list(loaded)
-  results = to_entries(readable, list(loaded.values()),
-                       detector(list(loaded.values())) if loaded else [], detector.label)
-  by_path = dict(zip(readable, results))
+  images = list(loaded.values())
+  by_path = dict(zip(loaded, to_entries(list(loaded), images, detector(images) if images else [],
+                                        detector.label)))
   entries = [by_path[p] if p in by_path else {'image': p, 'error': errors[p]} for p in image_paths]
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, 'w') as f:
