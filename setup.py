@@ -4,15 +4,17 @@ setup(
     name='effdet_jax',
     version='0.1.0',
     description='EfficientDet D0-D7x in JAX/Flax: official checkpoints, sharded training, export.',
-    packages=find_packages(include=['effdet_jax', 'effdet_jax.*', 'configs', 'configs.*']),
-    # The CPU kernels' sources, compiled on first use (effdet_jax/cpu_kernels/__init__.py).
-    package_data={'effdet_jax.cpu_kernels': ['*.cc', '*.h']},
+    packages=find_packages(include=['effdet_jax', 'effdet_jax.*']),
+    # The CPU kernels' sources, compiled on first use (effdet_jax/runtime/cpu_kernels/__init__.py),
+    # and the sweep files (loaded by path, not imported).
+    package_data={'effdet_jax.runtime.cpu_kernels': ['*.cc', '*.h'],
+                  'effdet_jax.configs': ['sweeps/*.py']},
     license='Apache-2.0',
     python_requires='>=3.10',
     install_requires=[
         'jax>=0.7',
         'flax>=0.10',
-        'optax>=0.2',
+        'clu>=0.0.12',
         'orbax-checkpoint>=0.11',
         'ml_collections>=1.0',
         'absl-py>=2.0',

@@ -1,4 +1,4 @@
-"""Entry point: `python -m effdet_jax.main --config configs/efficientdet.py:d0 --workdir DIR`.
+"""Entry point: `python -m effdet_jax.main --config effdet_jax/configs/efficientdet.py:d0 --workdir DIR`.
 
 Multi-host: on a TPU pod every worker runs the same command, and under SLURM
 every task of an `srun` with several tasks; `jax.distributed.initialize()`
@@ -13,7 +13,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from effdet_jax import cli, precision
+from effdet_jax.runtime import cli, precision
 
 FLAGS = flags.FLAGS
 MODES = ('train', 'eval', 'train_and_eval')
@@ -47,15 +47,17 @@ def main(argv):
   # TF is only the input pipeline here: keep it off any accelerator.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
-  from effdet_jax import evaluate, train  # pylint: disable=g-import-not-at-top
+  # The library after jax.distributed.initialize (nothing may use the devices
+  # before it) and with TF kept off the GPU.
   from effdet_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from effdet_jax.training import evaluation, train  # pylint: disable=g-import-not-at-top
   logging.info('process %d of %d, %d local / %d global devices (%s)', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.default_backend())
   config = synthetic.resolve(FLAGS.config, FLAGS.workdir)
   precision.configure(config)
   if FLAGS.mode == 'eval':
-    step, result = evaluate.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
+    step, result = evaluation.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
     _summary(result.metrics, step, FLAGS.checkpoint)
     return
   if FLAGS.checkpoint:
@@ -76,7 +78,7 @@ def _summary(metrics, step, checkpoint=''):
   """The last lines a user reads: the score and where things are."""
   if jax.process_index() != 0 or not metrics:
     return
-  from effdet_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from effdet_jax.inference import evaluate  # pylint: disable=g-import-not-at-top  (see main)
   lines = [f"AP {metrics['AP']:.3f}  AP50 {metrics['AP50']:.3f}  AP75 {metrics['AP75']:.3f}  "
            f"AR100 {metrics['AR100']:.3f}"]
   lines.append(f'checkpoint: {checkpoint or os.path.join(FLAGS.workdir, "checkpoints", str(step))}')
@@ -88,7 +90,8 @@ def _summary(metrics, step, checkpoint=''):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0', lock_config=True)
+  config_flags.DEFINE_config_file('config', None, 'e.g. effdet_jax/configs/efficientdet.py:d0',
+                                  lock_config=True)
   flags.DEFINE_string('workdir', None, 'checkpoints, metrics.jsonl, TensorBoard (may be gs://)')
   flags.DEFINE_enum('mode', 'train', MODES, 'train; eval (one checkpoint, COCO mAP); or '
                     'train_and_eval (every config.train.eval_every_steps and at the end)')

@@ -1,7 +1,7 @@
 """Several processes of `effdet_jax.main` on this machine, as the hosts of one run.
 
     python launch/local.py --num_processes 2 --devices_per_process 2 -- \
-        --config configs/shapes.py --workdir runs/two_hosts [--config.x=y ...]
+        --config effdet_jax/configs/shapes.py --workdir runs/two_hosts [--config.x=y ...]
 
 Every process gets its own `devices_per_process` CPU devices
 (`--xla_force_host_platform_device_count`), the coordinator address of process
@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from effdet_jax import cli
+from effdet_jax.runtime import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,7 +1,7 @@
 """Train on GPU nodes under SLURM: write an sbatch script and submit it.
 
     python launch/slurm.py --nodes 2 --gpus_per_node 8 --workdir /shared/runs/d0 \
-        [--config configs/efficientdet.py:d0] [--partition P] [--time 72:00:00] \
+        [--config effdet_jax/configs/efficientdet.py:d0] [--partition P] [--time 72:00:00] \
         [--dry_run] [-- --config.train.x=y ...]
 
 One task per node sees all of that node's GPUs. `effdet_jax.main` finds the
@@ -23,7 +23,7 @@ import shlex
 import subprocess
 import sys
 
-from effdet_jax import cli
+from effdet_jax.runtime import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNAL_SECONDS = 120
@@ -60,7 +60,7 @@ def main():
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split('\n', 1)[1])
   parser.add_argument('--workdir', required=True, help='on storage shared by all nodes')
-  parser.add_argument('--config', default='configs/efficientdet.py:d0')
+  parser.add_argument('--config', default='effdet_jax/configs/efficientdet.py:d0')
   parser.add_argument('--mode', default='train_and_eval', choices=('train', 'eval', 'train_and_eval'))
   parser.add_argument('--nodes', type=int, default=1)
   parser.add_argument('--gpus_per_node', type=int, default=8)

@@ -1,7 +1,7 @@
 """Train on a Cloud TPU VM slice (one or many workers) with gcloud.
 
     python launch/tpu_pod.py ACTION --name NAME --zone ZONE [--accelerator_type v4-16] \
-        [--bucket gs://BUCKET] [--run RUN] [--config configs/efficientdet.py:d0] \
+        [--bucket gs://BUCKET] [--run RUN] [--config effdet_jax/configs/efficientdet.py:d0] \
         [--dry_run] [-- --config.train.x=y ...]
 
 Actions:
@@ -29,7 +29,7 @@ import shlex
 import subprocess
 import sys
 
-from effdet_jax import cli
+from effdet_jax.runtime import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACTIONS = ('create', 'setup', 'train', 'logs', 'stop', 'resume', 'delete', 'up')
@@ -173,7 +173,7 @@ def parse(argv):
   parser.add_argument('--bucket', default='', help='gs://BUCKET: workdirs go to <bucket>/runs/<run>')
   parser.add_argument('--run', default='d0', help='run name (the workdir and log names)')
   parser.add_argument('--workdir', default='', help='gs:// workdir (default <bucket>/runs/<run>)')
-  parser.add_argument('--config', default='configs/efficientdet.py:d0')
+  parser.add_argument('--config', default='effdet_jax/configs/efficientdet.py:d0')
   parser.add_argument('--mode', default='train_and_eval', choices=('train', 'eval', 'train_and_eval'))
   parser.add_argument('--worker', default='all', help='logs: "all" or a worker index')
   parser.add_argument('--lines', type=int, default=20, help='logs: lines per worker')

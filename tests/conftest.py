@@ -5,7 +5,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from effdet_jax import huge_pages  # noqa: E402  (after the path)
+from effdet_jax.runtime import huge_pages  # noqa: E402  (after the path)
 PARITY = os.path.join(os.path.dirname(ROOT), 'shared', 'parity')
 D0_PARITY = os.path.join(PARITY, 'efficientdet-d0')
 
@@ -25,7 +25,7 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
 # The xdist workers start after this file is read: give them glibc's huge-page
-# malloc as the commands have it (effdet_jax/huge_pages.py), so tests run as fast.
+# malloc as the commands have it (effdet_jax/runtime/huge_pages.py), so tests run as fast.
 _env = huge_pages.environment_with_tunable(os.environ)
 if _env is not None:
   os.environ['GLIBC_TUNABLES'] = _env['GLIBC_TUNABLES']

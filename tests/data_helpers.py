@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from configs.efficientdet import get_config
+from effdet_jax.configs.efficientdet import get_config
 from effdet_jax.data import input_pipeline
 
 

@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image
 
 from conftest import PARITY
-from effdet_jax import checkpoint, convert
+from effdet_jax.models import official_checkpoint as official
+from effdet_jax.training import weights
 from processes import ROOT
 
 TRAIN_D0 = os.path.join(PARITY, 'train-d0')
@@ -44,7 +45,7 @@ def command(data_root: str, workdir: str, *flags: str) -> List[str]:
   annotations = os.path.join(data_root, 'annotations.json')
   images = os.path.join(data_root, 'images')
   return [sys.executable, '-m', 'effdet_jax.main', '--config',
-          os.path.join(ROOT, 'configs', 'efficientdet.py') + ':d0', '--workdir', workdir,
+          os.path.join(ROOT, 'effdet_jax', 'configs', 'efficientdet.py') + ':d0', '--workdir', workdir,
           '--config.data.source=coco_json',
           f'--config.data.train.annotations={annotations}', f'--config.data.train.images={images}',
           f'--config.train.init_checkpoint={os.path.join(TRAIN_D0, "start_ckpt")}',
@@ -84,9 +85,10 @@ def trained_changes(workdir: str, config) -> Dict[str, Dict[str, np.ndarray]]:
   """What the run in `workdir` changed, by official name: `update` (weights and
   BatchNorm statistics, value minus start) and `ema_update` (the EMA of the
   trained weights minus their start), from its latest checkpoint."""
-  begin = convert.official_variables(
-      convert.load_official_checkpoint(config.train.init_checkpoint, config), config)
-  _, raw, ema = checkpoint.load_training_variables(workdir, config)
-  now, averaged = convert.official_variables(raw, config), convert.official_variables(ema, config)
+  begin = official.official_variables(
+      official.load_official_checkpoint(config.train.init_checkpoint, config), config)
+  loaded = weights.load_workdir(workdir, config)
+  raw, ema = loaded.raw, loaded.ema
+  now, averaged = official.official_variables(raw, config), official.official_variables(ema, config)
   return {'update': {k: now[k] - begin[k] for k in begin},
           'ema_update': {k: averaged[k] - begin[k] for k in begin}}

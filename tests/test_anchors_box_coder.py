@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.efficientdet import get_config
+from effdet_jax.configs.efficientdet import get_config
 from effdet_jax.detection import anchors, box_coder
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import require_parity
-from effdet_jax import cli
+from effdet_jax.runtime import cli
 from processes import ROOT, env
 
 # Start-up lines of TF, XLA and libtpu that no command may print by default.
@@ -43,23 +43,23 @@ def _assert_one_error_line(out, *expected):
   assert not [l for l in lines if any(n in l for n in NOISE)], out.stderr[-3000:]
 
 
-D0 = 'configs/efficientdet.py:d0'
+D0 = 'effdet_jax/configs/efficientdet.py:d0'
 BAD_INPUTS = {
     'unknown config key': (['effdet_jax.main', '--config', D0, '--workdir', '/tmp/never',
                             '--config.train.learnin_rate=0.1'],
                            ['--config.train.learnin_rate: no such config key; the closest is '
                             '--config.train.learning_rate']),
-    'unknown model size': (['effdet_jax.main', '--config', 'configs/efficientdet.py:d9',
+    'unknown model size': (['effdet_jax.main', '--config', 'effdet_jax/configs/efficientdet.py:d9',
                             '--workdir', '/tmp/never'], ["unknown EfficientDet size 'd9'", 'lite0']),
     'bad config value': (['effdet_jax.main', '--config', D0, '--workdir', '/tmp/never',
                           '--config.train.learning_rate=fast'],
                          ["--config.train.learning_rate=fast: could not convert string to float"]),
-    'missing config file': (['effdet_jax.main', '--config', 'configs/absent.py:d0', '--workdir',
-                             '/tmp/never'], ['configs/absent.py does not exist']),
-    'convert: missing checkpoint': (['effdet_jax.convert', '--config', D0, '--checkpoint', '/absent',
+    'missing config file': (['effdet_jax.main', '--config', 'effdet_jax/configs/absent.py:d0', '--workdir',
+                             '/tmp/never'], ['effdet_jax/configs/absent.py does not exist']),
+    'convert: missing checkpoint': (['effdet_jax.tools.convert', '--config', D0, '--checkpoint', '/absent',
                                      '--output', '/tmp/never'],
                                     ['checkpoint /absent does not exist', '.tar.gz']),
-    'export: missing checkpoint': (['effdet_jax.export', '--config', 'configs/efficientdet.py:lite0',
+    'export: missing checkpoint': (['effdet_jax.export', '--config', 'effdet_jax/configs/efficientdet.py:lite0',
                                     '--checkpoint', '/absent/run', '--output', '/tmp/never'],
                                    ['/absent/run does not exist', 'export bundle']),
     'predict: missing checkpoint': (['effdet_jax.tools.predict', '--config', D0, '--checkpoint',
@@ -81,9 +81,9 @@ BAD_INPUTS = {
                                              ['/absent.json does not exist']),
     'synthetic: bad value': (['effdet_jax.data.synthetic', '--output', '/tmp/never', '--num_train=many'],
                              ['--num_train=many']),
-    'sweep: missing root': (['effdet_jax.sweep', 'summary', '--root', '/absent/root'],
+    'sweep: missing root': (['effdet_jax.tools.sweep', 'summary', '--root', '/absent/root'],
                             ['--root /absent/root does not exist']),
-    'sweep: missing sweep file': (['effdet_jax.sweep', 'expand', '--sweep', '/absent/sweep.py',
+    'sweep: missing sweep file': (['effdet_jax.tools.sweep', 'expand', '--sweep', '/absent/sweep.py',
                                    '--root', '/tmp/never'], ['/absent/sweep.py']),
     'launch/local: no workdir': (['launch/local.py', '--', '--config', D0], ['--workdir']),
     'launch/slurm: no workdir': (['launch/slurm.py', '--nodes', '2', '--dry_run'],
@@ -103,7 +103,7 @@ def test_a_bad_input_is_one_error_line(case):
 
 
 def test_a_missing_init_checkpoint_names_the_flag_and_the_kinds_of_path(tmp_path):
-  out = _run(['effdet_jax.main', '--config', 'configs/shapes.py', '--workdir', str(tmp_path / 'run'),
+  out = _run(['effdet_jax.main', '--config', 'effdet_jax/configs/shapes.py', '--workdir', str(tmp_path / 'run'),
               f'--config.data.synthetic.root={tmp_path / "data"}', '--config.data.synthetic.num_train=4',
               '--config.data.synthetic.num_val=2', '--config.train.init_checkpoint=/absent/x'],
              _without_jax_platforms())
@@ -120,7 +120,7 @@ def test_verbosity_shows_the_traceback():
 
 
 def test_a_normal_run_prints_no_start_up_noise():
-  out = _run(['effdet_jax.tools.model_stats', '--config', 'configs/efficientdet.py:lite0'],
+  out = _run(['effdet_jax.tools.model_stats', '--config', 'effdet_jax/configs/efficientdet.py:lite0'],
              _without_jax_platforms())
   assert out.returncode == 0 and out.stderr == '', out.stderr[-3000:]
   assert out.stdout.startswith('efficientdet-lite0: 3,243,470 trainable')
@@ -139,14 +139,14 @@ def test_predict_skips_an_unreadable_image_names_it_and_fails_at_the_end(tmp_pat
   broken, photo = json.loads(output.read_text())
   assert broken['image'] == str(bad) and 'broken.jpg' in broken['error']
   assert photo['image'] == str(good) and len(photo['detections']) == 100
-  project_lines = re.compile(r'[IWE]\d{4} [\d:.]+ +\d+ (convert|predict|checkpoint)\.py:\d+\] ')
+  project_lines = re.compile(r'[IWE]\d{4} [\d:.]+ +\d+ (official_checkpoint|predict|weights)\.py:\d+\] ')
   assert all(project_lines.match(l) or l.startswith('error: ')
              for l in out.stderr.strip().splitlines()), out.stderr
 
 
 def test_sweep_print_writes_nothing(tmp_path):
   root = tmp_path / 'root'
-  out = _run(['effdet_jax.sweep', 'print', '--sweep', 'configs/sweeps/shapes_lr.py', '--root',
+  out = _run(['effdet_jax.tools.sweep', 'print', '--sweep', 'effdet_jax/configs/sweeps/shapes_lr.py', '--root',
               str(root)])
   assert out.returncode == 0 and len(out.stdout.splitlines()) == 6, out.stderr[-2000:]
   assert not root.exists()

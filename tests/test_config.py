@@ -7,8 +7,10 @@ import jax
 import pytest
 from ml_collections import config_flags
 
-from configs import efficientdet, finetune
-from effdet_jax import convert, optim, sweep
+from effdet_jax.configs import efficientdet, finetune
+from effdet_jax.models.variables import abstract_variables
+from effdet_jax.tools import sweep
+from effdet_jax.training import optim
 
 
 def test_official_settings_per_size():
@@ -58,7 +60,7 @@ def test_finetune_config_freezes_backbone_and_bifpn_only():
   config = finetune.get_config('d0')
   assert config.model.num_classes == 20 and config.data.source == 'coco_json'
   assert config.data.category_scheme == 'contiguous'
-  abstract = convert.abstract_variables(config)
+  abstract = abstract_variables(config)
   layout = optim.ParamLayout(abstract, config.train.freeze_regex)
   paths = ['/'.join(k) for k in traverse_util.flatten_dict(abstract['params'])]
   assert len(paths) == len(layout.tensor_trainable) == len(jax.tree.leaves(abstract['params']))

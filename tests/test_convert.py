@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from configs.efficientdet import get_config
-from effdet_jax import checkpoint, convert
+from effdet_jax.configs.efficientdet import get_config
 from effdet_jax.models import build_model, inference
+from effdet_jax.models import official_checkpoint as official
+from effdet_jax.models.variables import abstract_variables
+from effdet_jax.training import checkpoint, weights
 from conftest import require_parity
 
 CLASS_SUBSET = [0, 1, 2, 17, 45, 89]
@@ -22,12 +24,12 @@ def parity():
 
 @pytest.fixture(scope='module')
 def ckpt_tensors(parity):
-  return convert.read_checkpoint(os.path.join(parity, 'ckpt', 'model'))
+  return official.read_checkpoint(os.path.join(parity, 'ckpt', 'model'))
 
 
 @pytest.fixture(scope='module')
 def d0_variables(parity):
-  return convert.load_official_checkpoint(os.path.join(parity, 'ckpt'), get_config('d0'))
+  return official.load_official_checkpoint(os.path.join(parity, 'ckpt'), get_config('d0'))
 
 
 @pytest.fixture(scope='module')
@@ -88,10 +90,10 @@ def test_cpu_inference_compiler_options_keep_the_outputs(parity, d0_variables, d
 
 def test_ema_is_chosen_and_raw_differs(parity, d0_variables, d0_forward):
   ref = np.load(os.path.join(parity, 'ref_outputs.npz'))
-  raw = convert.load_official_checkpoint(os.path.join(parity, 'ckpt'), get_config('d0'),
+  raw = official.load_official_checkpoint(os.path.join(parity, 'ckpt'), get_config('d0'),
                                          use_ema=False)
   assert max_abs_errors(d0_forward(raw, normalized_input(parity)), ref).min() > 1e-2
-  emas = convert.load_official_checkpoint(os.path.join(parity, 'ckpt'), get_config('d0'),
+  emas = official.load_official_checkpoint(os.path.join(parity, 'ckpt'), get_config('d0'),
                                           use_ema=True)
   jax.tree_util.tree_map(np.testing.assert_array_equal, emas, d0_variables)
 
@@ -117,29 +119,29 @@ def write_checkpoint(prefix, tensors):
 
 def test_prefix_directory_and_archive_are_accepted(parity, tmp_path, ckpt_tensors):
   ckpt_dir = os.path.join(parity, 'ckpt')
-  assert convert.resolve_checkpoint(ckpt_dir) == os.path.join(ckpt_dir, 'model')
-  assert convert.resolve_checkpoint(os.path.join(ckpt_dir, 'model')).endswith('model')
+  assert official.resolve_checkpoint(ckpt_dir) == os.path.join(ckpt_dir, 'model')
+  assert official.resolve_checkpoint(os.path.join(ckpt_dir, 'model')).endswith('model')
   archive = tmp_path / 'efficientdet-d0.tar.gz'
   with tarfile.open(archive, 'w:gz') as tar:
     tar.add(ckpt_dir, arcname='efficientdet-d0')
-  prefix = convert.resolve_checkpoint(str(archive))
-  assert sorted(convert.read_checkpoint(prefix)) == sorted(ckpt_tensors)
+  prefix = official.resolve_checkpoint(str(archive))
+  assert sorted(official.read_checkpoint(prefix)) == sorted(ckpt_tensors)
   with pytest.raises(FileNotFoundError, match='nothing does not exist; expected an official'):
-    convert.resolve_checkpoint(str(tmp_path / 'nothing'))
+    official.resolve_checkpoint(str(tmp_path / 'nothing'))
   (tmp_path / 'notes.txt').write_text('x')
   with pytest.raises(FileNotFoundError, match='not a TF checkpoint'):
-    convert.resolve_checkpoint(str(tmp_path / 'notes.txt'))
+    official.resolve_checkpoint(str(tmp_path / 'notes.txt'))
 
 
 def test_mismatches_are_all_listed(tmp_path, ckpt_tensors):
   tensors = dict(ckpt_tensors)
-  ema = convert.EMA_SUFFIX
+  ema = official.EMA_SUFFIX
   del tensors['box_net/box-2/bias' + ema]
   tensors['class_net/class-1/bias' + ema] = np.zeros(3, np.float32)
   tensors['mystery/kernel' + ema] = np.zeros(2, np.float32)
   prefix = write_checkpoint(str(tmp_path / 'broken'), tensors)
-  with pytest.raises(convert.CheckpointMismatchError) as e:
-    convert.load_official_checkpoint(prefix, get_config('d0'))
+  with pytest.raises(official.CheckpointMismatchError) as e:
+    official.load_official_checkpoint(prefix, get_config('d0'))
   message = str(e.value)
   assert 'missing from the checkpoint (1): box_net/box-2/bias' + ema in message
   assert 'class_net/class-1/bias' + ema + ': checkpoint [3], model [64]' in message
@@ -148,8 +150,8 @@ def test_mismatches_are_all_listed(tmp_path, ckpt_tensors):
                                       'its names and shapes); the config is efficientdet-d0')
   # A different size is refused the same way, never loaded half-way; each list
   # names five examples and counts the rest, and the summary comes last.
-  with pytest.raises(convert.CheckpointMismatchError) as e:
-    convert.load_official_checkpoint(os.path.dirname(prefix) + '/broken', get_config('d1'))
+  with pytest.raises(official.CheckpointMismatchError) as e:
+    official.load_official_checkpoint(os.path.dirname(prefix) + '/broken', get_config('d1'))
   *details, summary = str(e.value).splitlines()
   assert summary.endswith('holds efficientdet-d0 (guessed from its names and shapes); '
                           'the config is efficientdet-d1')
@@ -159,36 +161,36 @@ def test_mismatches_are_all_listed(tmp_path, ckpt_tensors):
 
 def test_the_size_is_guessed_from_the_names_and_shapes():
   def tensors(name):
-    return {convert.official_name(collection, path, get_config(name).model.backbone): np.zeros(a.shape)
+    return {official.official_name(collection, path, get_config(name).model.backbone): np.zeros(a.shape)
             for collection in ('params', 'batch_stats')
-            for path, a in convert._flatten(convert.abstract_variables(get_config(name))[collection])}
-  assert convert.guess_model(tensors('lite0')) == 'efficientdet-lite0'
-  assert convert.guess_model(tensors('d6')) == 'efficientdet-d6 or efficientdet-d7'
-  assert convert.guess_model({'mystery/kernel': np.zeros(2)}) == ''
+            for path, a in official._flatten(abstract_variables(get_config(name))[collection])}
+  assert official.guess_model(tensors('lite0')) == 'efficientdet-lite0'
+  assert official.guess_model(tensors('d6')) == 'efficientdet-d6 or efficientdet-d7'
+  assert official.guess_model({'mystery/kernel': np.zeros(2)}) == ''
 
 
 def test_raw_only_checkpoint_and_use_ema_request(tmp_path, ckpt_tensors):
-  raw = {k: v for k, v in ckpt_tensors.items() if not k.endswith(convert.EMA_SUFFIX)}
+  raw = {k: v for k, v in ckpt_tensors.items() if not k.endswith(official.EMA_SUFFIX)}
   prefix = write_checkpoint(str(tmp_path / 'raw'), raw)
-  variables = convert.load_official_checkpoint(prefix, get_config('d0'))
+  variables = official.load_official_checkpoint(prefix, get_config('d0'))
   np.testing.assert_array_equal(
       variables['params']['class_net']['class-predict']['bias'],
       raw['class_net/class-predict/bias'])
-  with pytest.raises(convert.CheckpointMismatchError, match='use_ema=True'):
-    convert.load_official_checkpoint(prefix, get_config('d0'), use_ema=True)
+  with pytest.raises(official.CheckpointMismatchError, match='use_ema=True'):
+    official.load_official_checkpoint(prefix, get_config('d0'), use_ema=True)
 
 
 def test_reinit_class_head_for_fine_tuning(parity, ckpt_tensors):
   config = get_config('d0')
   config.model.num_classes = 20
-  variables = convert.load_official_checkpoint(os.path.join(parity, 'ckpt'), config,
+  variables = official.load_official_checkpoint(os.path.join(parity, 'ckpt'), config,
                                                reinit_class_head=True)
   predict = variables['params']['class_net']['class-predict']
   assert predict['pointwise_kernel'].shape == (1, 1, 64, 9 * 20)
   np.testing.assert_allclose(jax.nn.sigmoid(predict['bias']), 0.01, rtol=1e-5)
   np.testing.assert_array_equal(
       variables['params']['class_net']['class-0']['bias'],
-      ckpt_tensors['class_net/class-0/bias' + convert.EMA_SUFFIX])
+      ckpt_tensors['class_net/class-0/bias' + official.EMA_SUFFIX])
 
 
 def test_efficientnet_checkpoint_initializes_the_backbone(tmp_path, ckpt_tensors):
@@ -198,17 +200,17 @@ def test_efficientnet_checkpoint_initializes_the_backbone(tmp_path, ckpt_tensors
   tensors['efficientnet-b0/head/conv2d/kernel'] = np.zeros((1, 1, 320, 1280), np.float32)
   tensors['global_step'] = np.int64(7)
   prefix = write_checkpoint(str(tmp_path / 'efficientnet-b0'), tensors)
-  variables = convert.load_official_checkpoint(prefix, get_config('d0'), backbone_only=True)
+  variables = official.load_official_checkpoint(prefix, get_config('d0'), backbone_only=True)
   np.testing.assert_array_equal(
       variables['params']['backbone']['blocks_3']['depthwise_conv2d']['depthwise_kernel'],
-      tensors['efficientnet-b0/blocks_3/depthwise_conv2d/depthwise_kernel' + convert.EMA_SUFFIX])
+      tensors['efficientnet-b0/blocks_3/depthwise_conv2d/depthwise_kernel' + official.EMA_SUFFIX])
   assert variables['params']['box_net']['box-predict']['bias'].shape == (36,)
 
 
 def test_converted_variables_round_trip_through_orbax(tmp_path, d0_variables):
   out = str(tmp_path / 'converted')
   checkpoint.save_variables(out, d0_variables, get_config('d0'))
-  restored = checkpoint.load_variables(out, get_config('d0'))
+  restored = weights.load_weights(out, get_config('d0')).variables
   jax.tree_util.tree_map(np.testing.assert_array_equal, restored, d0_variables)
   with pytest.raises(ValueError, match='does not fit efficientdet-d1'):
     checkpoint.restore_variables(out, get_config('d1'))

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from effdet_jax import cpu_kernels
+from effdet_jax.runtime import cpu_kernels
 
 
 @pytest.fixture

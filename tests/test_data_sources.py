@@ -204,7 +204,7 @@ def test_inspect_tool_prints_the_counts_as_json(bad):
   _, config = bad
   out = subprocess.run(
       [sys.executable, '-m', 'effdet_jax.tools.inspect_dataset',
-       '--config', os.path.join(ROOT, 'configs', 'efficientdet.py') + ':d0',
+       '--config', os.path.join(ROOT, 'effdet_jax', 'configs', 'efficientdet.py') + ':d0',
        '--config.data.source=coco_json', '--config.data.category_scheme=contiguous',
        f'--config.data.train.annotations={config.data.train.annotations}',
        f'--config.data.train.images={config.data.train.images}',

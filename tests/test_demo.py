@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from effdet_jax.metrics_writer import read_metrics
+from effdet_jax.training.metrics_writer import read_metrics
 from processes import ROOT, env
 
 
@@ -14,7 +14,7 @@ from processes import ROOT, env
 def test_demo_config_runs_end_to_end(tmp_path):
   workdir = str(tmp_path / 'shapes')
   out = subprocess.run(
-      [sys.executable, '-m', 'effdet_jax.main', '--config', os.path.join(ROOT, 'configs', 'shapes.py'),
+      [sys.executable, '-m', 'effdet_jax.main', '--config', os.path.join(ROOT, 'effdet_jax', 'configs', 'shapes.py'),
        '--workdir', workdir, '--mode', 'train_and_eval', '--config.train.num_steps=6',
        '--config.train.log_every_steps=3', '--config.data.synthetic.num_train=24',
        '--config.data.synthetic.num_val=6', '--config.eval.global_batch_size=4',

@@ -13,13 +13,16 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import tiny_train_config
-from configs.efficientdet import get_config
+from effdet_jax.configs.efficientdet import get_config
 from conftest import require_parity
-from effdet_jax import checkpoint, convert, evaluate, parallel
-from effdet_jax.coco_labels import COCO_NAMES
-from effdet_jax.detector import Detector
-from effdet_jax.metrics_writer import MetricsWriter, read_metrics
+from effdet_jax.data.coco_labels import COCO_NAMES
+from effdet_jax.inference import evaluate
+from effdet_jax.inference.detector import Detector
+from effdet_jax.models.variables import init_variables
+from effdet_jax.runtime import parallel
 from effdet_jax.tools import make_tfrecords, predict
+from effdet_jax.training import checkpoint, evaluation
+from effdet_jax.training.metrics_writer import create_writer, read_metrics
 from processes import ROOT, env, free_port
 
 
@@ -102,7 +105,7 @@ def tiny(tmp_path_factory):
   config.data.val.annotations = path
   config.eval.global_batch_size = 4
   config.eval.num_images_to_draw = 2
-  variables = convert.init_variables(config, jax.random.PRNGKey(0))
+  variables = init_variables(config, jax.random.PRNGKey(0))
   # Random features are tiny (logits within 1e-4 of the prior): spread them, so that
   # scores rarely tie and soft-NMS's order is not float noise.
   head = variables['params']['class_net']['class-predict']
@@ -153,7 +156,7 @@ def test_detections_are_the_detectors(tiny):
 
 def test_written_results_reproduce_the_metrics(tiny, tmp_path):
   config, _, _, result, _ = tiny
-  writer = MetricsWriter(str(tmp_path), resume_step=None)
+  writer = create_writer(str(tmp_path), resume_step=None)
   evaluate.write(result, 7, str(tmp_path), writer)
   writer.close()
   saved = json.load(open(tmp_path / 'eval' / 'detections_7.json'))
@@ -186,7 +189,7 @@ def test_ground_truth_built_from_tfrecords_gives_the_same_numbers(tiny, tmp_path
 def test_missing_checkpoint_is_explained(tmp_path):
   config = tiny_train_config.get_config()
   with pytest.raises(FileNotFoundError, match='no training checkpoint in .*checkpoints'):
-    evaluate.load_variables(config, str(tmp_path), '', parallel.create_mesh())
+    evaluation.load_variables(config, str(tmp_path), '', parallel.create_mesh())
 
 
 @pytest.mark.slow
@@ -250,7 +253,7 @@ def test_official_d0_checkpoint_evaluates_like_the_predict_tool(tmp_path):
   config.data.val.images = str(tmp_path)
   config.eval.global_batch_size = 2
   workdir = str(tmp_path / 'workdir')
-  step, result = evaluate.evaluate_checkpoint(config, workdir, os.path.join(parity, 'ckpt'))
+  step, result = evaluation.evaluate_checkpoint(config, workdir, os.path.join(parity, 'ckpt'))
   assert step == 0
   assert result.num_images == 3
   assert read_metrics(workdir)[-1]['step'] == 0

@@ -11,16 +11,18 @@ import pytest
 from PIL import Image
 
 import tiny_train_config
-from configs.efficientdet import get_config
+from effdet_jax.configs.efficientdet import get_config
 from conftest import require_parity
-from effdet_jax import checkpoint, convert, optim
 from effdet_jax.data.categories import FILENAME as CATEGORIES_FILE, CategoryMap
-from effdet_jax.detector import Detector
 from effdet_jax.export import exporter, load_bundle
 from effdet_jax.export.bundle import read_bundle_config
 from effdet_jax.export.saved_model import OUTPUT_KEYS
+from effdet_jax.inference.detector import Detector
+from effdet_jax.models import official_checkpoint as official
+from effdet_jax.models.variables import abstract_variables, init_variables
 from effdet_jax.tools import predict
-from effdet_jax.train_step import create_state
+from effdet_jax.training import checkpoint, optim
+from effdet_jax.training.step import create_state
 from processes import ROOT, env
 
 SKIMAGE_PHOTOS = ('chelsea.png', 'coffee.png', 'astronaut.png')   # 300x451, 400x600, 512x512
@@ -63,7 +65,7 @@ def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp('export')
   config = tiny_train_config.get_config(str(root / 'data'))
   config.postprocess.max_detections = 20
-  variables = convert.init_variables(config, jax.random.PRNGKey(0))
+  variables = init_variables(config, jax.random.PRNGKey(0))
   head = variables['params']['class_net']['class-predict']
   head['pointwise_kernel'] = head['pointwise_kernel'] * 1e4   # spread the scores (see test_evaluate)
   layout = optim.ParamLayout(jax.eval_shape(lambda: variables))
@@ -104,14 +106,14 @@ def test_tf_checkpoint_reads_back_raw_and_ema_weights(trained):
   config, variables, _, output, summary, _, _ = trained
   path = os.path.join(output, exporter.TF_CHECKPOINT_DIR)
   assert summary['tf_checkpoint']['ema'] and summary['tf_checkpoint']['bytes'] > 0
-  raw = convert.load_official_checkpoint(path, config, use_ema=False)
-  ema = convert.load_official_checkpoint(path, config, use_ema=True)
+  raw = official.load_official_checkpoint(path, config, use_ema=False)
+  ema = official.load_official_checkpoint(path, config, use_ema=True)
   halved = jax.tree.map(lambda v: v * 0.5, variables['params'])   # the fixture's raw weights
   for got, want in ((raw['params'], halved), (ema['params'], variables['params']),
                     (raw['batch_stats'], variables['batch_stats']),
                     (ema['batch_stats'], variables['batch_stats'])):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
-  assert int(convert.read_checkpoint(convert.resolve_checkpoint(path))['global_step']) == 7
+  assert int(official.read_checkpoint(official.resolve_checkpoint(path))['global_step']) == 7
 
 
 def test_tf_checkpoint_names_are_the_released_ones():
@@ -120,7 +122,7 @@ def test_tf_checkpoint_names_are_the_released_ones():
   names = os.path.join(require_parity(), 'names.txt')
   want = dict(line.rstrip('\n').split('\t') for line in open(names))
   config = get_config('d0')
-  zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), convert.abstract_variables(config))
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), abstract_variables(config))
   tensors = tf_checkpoint.official_tensors(config, zeros, zeros, step=3)
   assert {k: str(list(v.shape)).replace(' ', '') for k, v in tensors.items()} == {
       k: v.replace(' ', '') for k, v in want.items()}
@@ -234,7 +236,7 @@ def test_official_d0_exports_and_matches_the_predict_tool(tmp_path):
   ckpt = os.path.join(parity, 'ckpt')
   output = tmp_path / 'd0'
   subprocess.run([sys.executable, '-m', 'effdet_jax.export', '--config',
-                  'configs/efficientdet.py:d0', '--checkpoint', ckpt, '--output', str(output)],
+                  'effdet_jax/configs/efficientdet.py:d0', '--checkpoint', ckpt, '--output', str(output)],
                  check=True, env=env(1), cwd=ROOT, timeout=600)
   paths = photo_paths(str(tmp_path))
   expected = predict.predict(get_config('d0'), ckpt, paths, str(tmp_path / 'predict.json'))

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from effdet_jax import huge_pages
+from effdet_jax.runtime import huge_pages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ def test_reexec_keeps_the_command_line():
   if huge_pages.environment_with_tunable({}) is None:
     pytest.skip('huge pages do nothing on this machine (glibc < 2.35 or THP off)')
   script = ('import os, sys\n'
-            'from effdet_jax import huge_pages\n'
+            'from effdet_jax.runtime import huge_pages\n'
             'print("start", flush=True)\n'
             'huge_pages.reexec_with_huge_pages()\n'
             'print(sys.argv[1:], huge_pages.active())\n')
@@ -48,13 +48,14 @@ def test_reexec_keeps_the_command_line():
 def test_main_and_the_benchmark_restart_with_huge_pages_before_importing_tf():
   if huge_pages.environment_with_tunable({}) is None:
     pytest.skip('huge pages do nothing on this machine (glibc < 2.35 or THP off)')
-  from effdet_jax import startup
+  from effdet_jax.runtime import startup
   assert startup.command(['python', '-m', 'effdet_jax.main', '--x=1']) == 'effdet_jax.main'
   assert startup.command(['python', 'script.py']) == ''
   env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', huge_pages.OPT_OUT)}
   env['PYTHONPATH'] = ROOT
   out = subprocess.run([sys.executable, '-m', 'effdet_jax.tools.benchmark', '--config',
-                        'configs/efficientdet.py:lite0', '--mode', 'postprocess', '--batch_size', '1',
+                        'effdet_jax/configs/efficientdet.py:lite0', '--mode', 'postprocess',
+                        '--batch_size', '1',
                         '--repeats', '1', '--warmup', '0', '--json'], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]

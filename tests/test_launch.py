@@ -8,9 +8,9 @@ import textwrap
 import pytest
 
 import tiny_train_config
-from effdet_jax import sweep as sweep_lib
 from effdet_jax.main import cluster_from_environment
-from effdet_jax.metrics_writer import read_metrics
+from effdet_jax.tools import sweep as sweep_lib
+from effdet_jax.training.metrics_writer import read_metrics
 from processes import ROOT, env
 
 TINY = os.path.join(ROOT, 'tests', 'tiny_train_config.py')
@@ -43,7 +43,7 @@ def test_tpu_pod_dry_run_for_two_workers():
   assert '--worker=all' in install and 'pip install -q -e' in install and '[tpu]"' in install
   assert '"jax[tpu]"' not in install and ' -U ' not in install   # pinned by the tpu extra
   assert 'tpu-vm ssh pod' in train and '--worker=all' in train
-  for part in ('python3 -m effdet_jax.main', '--config=configs/efficientdet.py:d0',
+  for part in ('python3 -m effdet_jax.main', '--config=effdet_jax/configs/efficientdet.py:d0',
                '--workdir=gs://bkt/runs/r1', '--mode=train_and_eval',
                '--config.train.learning_rate=0.1', 'nohup', '~/effdet_logs/r1.log'):
     assert part in train, part
@@ -130,7 +130,7 @@ def test_local_launcher_trains_with_two_processes(data_root, tmp_path):
 
 
 SWEEP = textwrap.dedent('''\
-    from effdet_jax.sweep import Sweep, product, zipped
+    from effdet_jax.tools.sweep import Sweep, product, zipped
 
     def get_sweep():
       return Sweep(config='{config}', mode='{mode}',
@@ -190,7 +190,7 @@ def test_bad_sweeps_are_named(tmp_path):
 
 
 SUMMARY_SWEEP = textwrap.dedent('''\
-    from effdet_jax.sweep import Sweep, product, zipped
+    from effdet_jax.tools.sweep import Sweep, product, zipped
 
     def get_sweep():
       # Input-pipeline settings only: the second run reuses the first's executables.
@@ -205,13 +205,13 @@ SUMMARY_SWEEP = textwrap.dedent('''\
 def test_sweep_runs_locally_and_summarizes_real_metrics(data_root, cached_env, tmp_path):
   path = _sweep_file(str(tmp_path), f'{TINY}:{data_root}', text=SUMMARY_SWEEP)
   root = tmp_path / 'root'
-  out = subprocess.run([sys.executable, '-m', 'effdet_jax.sweep', 'run', '--sweep', path,
+  out = subprocess.run([sys.executable, '-m', 'effdet_jax.tools.sweep', 'run', '--sweep', path,
                         '--root', str(root)], cwd=ROOT, env=cached_env, capture_output=True,
                        text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   assert sorted(os.listdir(root)) == ['0_num_steps=2_jitter_max=1.0_input_rand_hflip=True',
                                       '1_num_steps=2_jitter_max=1.5_input_rand_hflip=False']
-  summary = subprocess.run([sys.executable, '-m', 'effdet_jax.sweep', 'summary', '--root',
+  summary = subprocess.run([sys.executable, '-m', 'effdet_jax.tools.sweep', 'summary', '--root',
                             str(root), '--json'], cwd=ROOT, env=env(1), capture_output=True,
                            text=True, timeout=300, check=True)
   rows = [json.loads(line) for line in summary.stdout.splitlines()]
@@ -221,7 +221,7 @@ def test_sweep_runs_locally_and_summarizes_real_metrics(data_root, cached_env, t
     final_eval = [r for r in records if 'AP' in r][-1]
     assert row['step'] == 2 and row['AP'] == final_eval['AP'] == row['best_AP']
     assert row['loss'] == [r for r in records if 'loss' in r][-1]['loss']
-  table = subprocess.run([sys.executable, '-m', 'effdet_jax.sweep', 'summary', '--root',
+  table = subprocess.run([sys.executable, '-m', 'effdet_jax.tools.sweep', 'summary', '--root',
                           str(root)], cwd=ROOT, env=env(1), capture_output=True, text=True,
                          timeout=300, check=True).stdout.splitlines()
   assert table[0].split()[:4] == ['run', 'train.num_steps', 'data.jitter_max',
@@ -229,7 +229,7 @@ def test_sweep_runs_locally_and_summarizes_real_metrics(data_root, cached_env, t
   # Runs started from `print` (no sweep_point.json) are found from the sweep itself.
   for run in rows:
     os.remove(root / run['name'] / sweep_lib.POINT_FILE)
-  from_sweep = subprocess.run([sys.executable, '-m', 'effdet_jax.sweep', 'summary', '--root',
+  from_sweep = subprocess.run([sys.executable, '-m', 'effdet_jax.tools.sweep', 'summary', '--root',
                                str(root), '--sweep', path, '--json'], cwd=ROOT, env=env(1),
                               capture_output=True, text=True, timeout=300, check=True)
   assert [json.loads(line) for line in from_sweep.stdout.splitlines()] == rows

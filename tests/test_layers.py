@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effdet_jax import cpu_kernels, precision
 from effdet_jax.models import layers
+from effdet_jax.runtime import cpu_kernels, precision
 
 
 @pytest.mark.parametrize('size,kernel,stride', [

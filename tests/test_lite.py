@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs.efficientdet import get_config
-from effdet_jax import convert
+from effdet_jax.configs.efficientdet import get_config
 from effdet_jax.models import build_model, efficientnet
+from effdet_jax.models import official_checkpoint as official
 from conftest import require_parity
 
 
@@ -52,11 +52,11 @@ def test_official_lite0_outputs(parity, lite0_forward):
   Levels 40, 20, 10, 5, 3: 320 is not a multiple of 2**7, so this also checks
   the rounding-up level sizes and the 3 -> 5 nearest-neighbour upsampling.
   """
-  variables = convert.load_official_checkpoint(os.path.join(parity, 'ckpt'),
+  variables = official.load_official_checkpoint(os.path.join(parity, 'ckpt'),
                                                get_config('lite0'))
   ref = np.load(os.path.join(parity, 'ref_outputs_float64.npz'))
   assert max_abs_error(lite0_forward(variables, normalized_input(parity)), ref) < 1e-4
-  raw = convert.load_official_checkpoint(os.path.join(parity, 'ckpt'), get_config('lite0'),
+  raw = official.load_official_checkpoint(os.path.join(parity, 'ckpt'), get_config('lite0'),
                                          use_ema=False)
   assert max_abs_error(lite0_forward(raw, normalized_input(parity)), ref) > 1e-2
 

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effdet_jax import cpu_kernels
 from effdet_jax.detection import box_coder, losses
 from effdet_jax.detection.target_assigner import BACKGROUND, IGNORED
+from effdet_jax.runtime import cpu_kernels
 
 KW = dict(num_classes=3, alpha=0.25, gamma=1.5, delta=0.1, box_loss_weight=50.0)
 

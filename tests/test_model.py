@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.efficientdet import get_config
+from effdet_jax.configs.efficientdet import get_config
 from effdet_jax.models import bifpn, build_model
 
 

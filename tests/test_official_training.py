@@ -17,10 +17,10 @@ import jax
 import numpy as np
 import pytest
 
-from configs.efficientdet import get_config
+from effdet_jax.configs.efficientdet import get_config
 from conftest import PARITY
 import official_training
-from effdet_jax.metrics_writer import read_metrics
+from effdet_jax.training.metrics_writer import read_metrics
 from processes import ROOT, env
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effdet_jax import optim
+from effdet_jax.training import optim
 
 
 def _run_sgd(path, rates, grads, beta=0.9):
@@ -111,7 +111,7 @@ def test_constant_schedule_has_no_warm_up_and_unknown_decay_is_named():
 
 
 def test_drop_epochs_become_steps_as_the_official_converts_them():
-  from configs.efficientdet import get_config
+  from effdet_jax.configs.efficientdet import get_config
   train = get_config('d0').train
   lengths = optim.schedule_lengths(train, 117266)     # COCO 2017 train, batch 128
   steps_per_epoch = 117266 / 128

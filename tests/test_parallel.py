@@ -8,7 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent('''
     import jax, numpy as np
-    from effdet_jax import parallel
+    from effdet_jax.runtime import parallel
     assert jax.device_count() == 8
     mesh = parallel.create_mesh(model_parallelism=2)
     assert dict(mesh.shape) == {'data': 4, 'model': 2}

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from configs.efficientdet import MODEL_NAMES, get_config
-from effdet_jax.convert import abstract_variables
+from effdet_jax.configs.efficientdet import MODEL_NAMES, get_config
+from effdet_jax.models.variables import abstract_variables
 from effdet_jax.tools.model_stats import count, count_params
 from conftest import PARITY
 

@@ -87,7 +87,7 @@ def test_postprocess_clips_scales_and_pads():
 
 
 def test_postprocess_d0_outputs_shapes_and_jit():
-  from configs.efficientdet import get_config
+  from effdet_jax.configs.efficientdet import get_config
   from effdet_jax.detection.anchors import anchors_for
   config = get_config('d0')
   anchors = jnp.asarray(anchors_for(config))

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from effdet_jax import precision
+from effdet_jax.runtime import precision
 from processes import ROOT, env
 
 
@@ -19,18 +19,20 @@ SCRIPT = '''
 import sys, jax, numpy as np
 sys.path.insert(0, 'tests')
 import tiny_train_config
-from effdet_jax import convert, optim, precision
 from effdet_jax.data import input_pipeline
+from effdet_jax.models.variables import abstract_variables
+from effdet_jax.runtime import precision
+from effdet_jax.training import optim
 config = tiny_train_config.get_config(sys.argv[1])
 config.train.precision = 'float64'
 try:
-  convert.abstract_variables(config)
+  abstract_variables(config)
   raise SystemExit('float64 without 64-bit mode was accepted')
 except ValueError as e:
   assert 'precision.configure' in str(e), e
 precision.configure(config)
 assert config.model.dtype == 'float64' and jax.config.jax_enable_x64
-abstract = convert.abstract_variables(config)
+abstract = abstract_variables(config)
 assert {str(x.dtype) for x in jax.tree.leaves(abstract)} == {'float64'}
 assert optim.ParamLayout(abstract).dtype == np.float64
 batch = next(input_pipeline.train_data(config, process_index=0, process_count=1)

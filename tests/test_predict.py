@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs.efficientdet import get_config
-from effdet_jax.detector import Detector, resize_scale
+from effdet_jax.configs.efficientdet import get_config
+from effdet_jax.inference.detector import Detector, resize_scale
 from effdet_jax.tools import predict
 from conftest import require_parity
 

@@ -2,7 +2,7 @@
 import logging
 import types
 
-from effdet_jax import progress
+from effdet_jax.inference import progress
 
 
 def test_format_eta():

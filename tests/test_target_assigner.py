@@ -107,7 +107,7 @@ def test_both_matchers_equal_the_iou_matrix_argmax(rows, thresholds):
 def test_both_matchers_give_the_same_train_targets_on_d0_anchors():
   """Over D0's 49104 anchors and 100 padded rows (crowded, overlapping and
   tiny boxes, some rows invalid), under jit and vmap as the train step runs them."""
-  from configs.efficientdet import get_config
+  from effdet_jax.configs.efficientdet import get_config
   from effdet_jax.detection import anchors as anchors_lib
   anchors = jnp.asarray(anchors_lib.anchors_for(get_config('d0')))
   rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 from skimage import data
 
-from configs.efficientdet import get_config
+from effdet_jax.configs.efficientdet import get_config
 from effdet_jax.export import exporter, tflite
 from conftest import require_parity
 

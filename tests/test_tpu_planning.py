@@ -12,8 +12,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 import tiny_train_config
-from effdet_jax import convert, optim
+from effdet_jax.models.variables import abstract_variables
 from effdet_jax.tools import accelerators, memory
+from effdet_jax.training import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +87,7 @@ def test_gradients_are_all_reduced_once_per_step(v5e_train, config):
   bfloat16 run the weight gradients are summed in bfloat16, where the official
   sums float32 (docs/tpu.md)."""
   compiled, train = v5e_train
-  params = optim.ParamLayout(convert.abstract_variables(config)).num_params
+  params = optim.ParamLayout(abstract_variables(config)).num_params
   elements = accelerators.all_reduce_elements(compiled.as_text())
   assert params <= elements['bf16'] < 1.1 * params and 0 < elements['f32'] < 0.1 * params
   assert train['all_reduce_bytes_per_device'] == 4 * elements['f32'] + 2 * elements['bf16']

@@ -1,4 +1,5 @@
 """Training end to end with the tiny model: exact across devices, hosts and preemption."""
+import glob
 import json
 import os
 import shutil
@@ -11,8 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from effdet_jax import checkpoint, convert, optim
-from effdet_jax.metrics_writer import read_metrics
+from effdet_jax.models.variables import abstract_variables, init_variables
+from effdet_jax.training import checkpoint, optim
+from effdet_jax.training.metrics_writer import read_metrics
 from processes import ROOT, env, free_port
 import tiny_train_config
 
@@ -80,9 +82,11 @@ def _assert_same_run(workdir, reference):
 
 @pytest.fixture(scope='module')
 def reference(data_root, tmp_path_factory):
-  """The uninterrupted run: 1 process, 4 devices, 30 steps."""
+  """The uninterrupted run: 1 process, 4 devices, 30 steps; steps 11-12 profiled
+  (which changes no number)."""
   workdir = str(tmp_path_factory.mktemp('reference'))
-  _run(data_root, workdir, *EXACT, devices=4)
+  _run(data_root, workdir, *EXACT, '--config.train.profile_steps=2',
+       '--config.train.profile_first_step=10', devices=4)
   return workdir
 
 
@@ -93,6 +97,8 @@ def test_run_writes_metrics_checkpoints_and_categories(reference):
   assert rows[0]['learning_rate'] < rows[1]['learning_rate']    # warm-up, then decay
   assert rows[-1]['learning_rate'] < rows[1]['learning_rate']
   assert os.listdir(os.path.join(reference, 'tensorboard'))
+  traces = glob.glob(os.path.join(reference, 'tensorboard', 'plugins', 'profile', '*', '*.xplane.pb'))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
   categories = json.load(open(os.path.join(reference, 'categories.json')))
   assert [c['name'] for c in categories][:2] == ['circle', 'square']
   assert sorted(int(s) for s in os.listdir(os.path.join(reference, 'checkpoints'))
@@ -158,7 +164,7 @@ def test_loss_falls_over_a_few_hundred_steps(data_root, tmp_path):
 
 def test_fine_tune_from_a_checkpoint_with_a_frozen_backbone(data_root, tmp_path):
   config = tiny_train_config.get_config(data_root)
-  variables = convert.init_variables(config, jax.random.PRNGKey(7))   # not config.seed's init
+  variables = init_variables(config, jax.random.PRNGKey(7))   # not config.seed's init
   init_dir = str(tmp_path / 'init')
   checkpoint.save_variables(init_dir, variables, config)
   workdir = str(tmp_path / 'fine_tune')
@@ -166,7 +172,7 @@ def test_fine_tune_from_a_checkpoint_with_a_frozen_backbone(data_root, tmp_path)
        '--config.train.freeze_regex=^backbone/', '--config.train.num_steps=5')
   step, state = _final_state(workdir)
   assert step == 5
-  layout = optim.ParamLayout(convert.abstract_variables(config), '^backbone/')
+  layout = optim.ParamLayout(abstract_variables(config), '^backbone/')
   initial = np.asarray(layout.flatten(variables)[0])
   frozen = np.asarray(layout.per_element(1 - layout.tensor_trainable, layout.segment_ids())) > 0
   assert 0 < frozen.sum() < frozen.size
@@ -175,7 +181,7 @@ def test_fine_tune_from_a_checkpoint_with_a_frozen_backbone(data_root, tmp_path)
   assert moved.max() > 0
   # Started from the checkpoint: 5 small steps stay far closer to it than another init is.
   assert moved.mean() < 0.1 * np.abs(initial - np.asarray(
-      layout.flatten(convert.init_variables(config, jax.random.PRNGKey(0)))[0])).mean()
+      layout.flatten(init_variables(config, jax.random.PRNGKey(0)))[0])).mean()
 
 
 def test_adam_with_stepwise_decay_trains_resumes_and_logs_the_official_rates(data_root, tmp_path):
@@ -193,8 +199,8 @@ def test_adam_with_stepwise_decay_trains_resumes_and_logs_the_official_rates(dat
   assert step == 1 and state['second_moment'].shape == state['params'].shape
   # Adam's first step moves every weight with a gradient by the learning rate
   # (m / sqrt(v) = sign(g) after bias correction), whatever the gradient's size.
-  initial = np.asarray(optim.ParamLayout(convert.abstract_variables(config)).flatten(
-      convert.init_variables(config, jax.random.PRNGKey(config.seed)))[0])
+  initial = np.asarray(optim.ParamLayout(abstract_variables(config)).flatten(
+      init_variables(config, jax.random.PRNGKey(config.seed)))[0])
   moved = np.abs(state['params'] - initial)
   assert np.mean(np.abs(moved / 0.001 - 1) < 0.02) > 0.9, np.percentile(moved, [5, 50, 95])
   _run(data_root, workdir, *flags)    # resumes at step 1
@@ -217,9 +223,11 @@ ONE_STEP = '''
 import sys, jax, numpy as np
 sys.path.insert(0, 'tests')
 import tiny_train_config
-from effdet_jax import convert, optim, parallel, precision
 from effdet_jax.data import input_pipeline
-from effdet_jax.train_step import create_state, make_train_step
+from effdet_jax.models.variables import abstract_variables, init_variables
+from effdet_jax.runtime import parallel, precision
+from effdet_jax.training import optim
+from effdet_jax.training.step import create_state, make_train_step
 
 config = tiny_train_config.get_config(sys.argv[1])
 config.train.global_batch_size = 8
@@ -227,7 +235,7 @@ config.train.precision = 'float64'   # exact up to float64 summation order
 precision.configure(config)
 batch = next(input_pipeline.train_data(config, process_index=0, process_count=1)
              .dataset.as_numpy_iterator())
-variables = convert.init_variables(config, jax.random.PRNGKey(0))
+variables = init_variables(config, jax.random.PRNGKey(0))
 layout = optim.ParamLayout(jax.eval_shape(lambda: variables))
 schedule = optim.learning_rate_schedule(0.1, 0.01, 1, 10)
 step = make_train_step(config, layout, schedule)

@@ -2,7 +2,7 @@
 
 Usable as a config file: `--config tests/tiny_train_config.py:/path/to/data`.
 """
-from configs.efficientdet import get_config as base_config
+from effdet_jax.configs.efficientdet import get_config as base_config
 from effdet_jax.data import synthetic
 
 

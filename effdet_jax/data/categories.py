@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from effdet_jax.coco_labels import COCO_NAMES
+from effdet_jax.data.coco_labels import COCO_NAMES
 
 SCHEMES = ('id_minus_one', 'contiguous')
 FILENAME = 'categories.json'

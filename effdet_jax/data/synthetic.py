@@ -13,11 +13,13 @@ import json
 import os
 from typing import Dict, List, Tuple
 
-import numpy as np
 from absl import flags
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 from PIL import Image, ImageDraw
 
-from effdet_jax import cli
+from effdet_jax.runtime import cli
 
 CATEGORIES = [{'id': i + 1, 'name': n, 'supercategory': 'shape'}
               for i, n in enumerate(('circle', 'square', 'triangle', 'cross', 'star'))]
@@ -161,8 +163,6 @@ def resolve(config, workdir: str):
   Other configs are returned as they are."""
   if config.data.source != 'synthetic':
     return config
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   spec = config.data.synthetic
   root = spec.root or os.path.join(workdir, 'data')
   if '://' in root:

@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from effdet_jax.coco_labels import COCO_NAMES
 from effdet_jax.data import source
+from effdet_jax.data.coco_labels import COCO_NAMES
 
 
 class TfdsSource(source.Source):

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effdet_jax import cpu_kernels, precision
 from effdet_jax.detection import box_coder
 from effdet_jax.detection.target_assigner import IGNORED
+from effdet_jax.runtime import cpu_kernels, precision
 
 IOU_TYPES = ('iou', 'giou', 'diou', 'ciou')
 

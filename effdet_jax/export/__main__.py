@@ -2,13 +2,13 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from effdet_jax import cli
 from effdet_jax.export.exporter import FORMATS, export
 from effdet_jax.export.saved_model import PLATFORMS
 from effdet_jax.export.tflite import QUANTIZATIONS
+from effdet_jax.runtime import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
+config_flags.DEFINE_config_file('config', None, 'e.g. effdet_jax/configs/efficientdet.py:d0')
 flags.DEFINE_string('checkpoint', None, 'training workdir or checkpoints/<step> directory (EMA '
                     'weights), converted directory, bundle, or official TF checkpoint')
 flags.DEFINE_string('output', None, 'directory to write bundle/, saved_model/, tf_checkpoint/, '

@@ -8,9 +8,9 @@ from typing import Optional
 import ml_collections
 import tensorflow as tf
 
-from effdet_jax import checkpoint
 from effdet_jax.data.categories import FILENAME as CATEGORIES_FILE, CategoryMap
-from effdet_jax.detector import Detector
+from effdet_jax.inference.detector import Detector
+from effdet_jax.training import checkpoint
 
 BUNDLE_FILE = 'bundle.json'
 FORMAT = 'effdet_jax.bundle'

@@ -9,14 +9,14 @@ from typing import Dict, Optional, Sequence, Tuple
 import ml_collections
 import tensorflow as tf
 
-from effdet_jax import checkpoint
-from effdet_jax.coco_labels import label_name
 from effdet_jax.data import categories as categories_lib
+from effdet_jax.data.coco_labels import label_name
 from effdet_jax.export import bundle as bundle_lib
 from effdet_jax.export import saved_model as saved_model_lib
 from effdet_jax.export import tf_checkpoint as tf_checkpoint_lib
 from effdet_jax.export import tflite as tflite_lib
 from effdet_jax.models import image_hw
+from effdet_jax.training import weights
 
 FORMATS = ('bundle', 'saved_model', 'tf_checkpoint', 'tflite', 'all')
 BUNDLE_DIR = 'bundle'
@@ -76,9 +76,9 @@ def export(config: ml_collections.ConfigDict, checkpoint_path: str, output: str,
   start = time.perf_counter()
   # Inference formats take the EMA weights where there are two sets; the official
   # layout takes both.
-  step, raw, ema, workdir = checkpoint.load_weight_sets(checkpoint_path, config)
-  variables = raw if ema is None else ema
-  categories = categories_for(config, checkpoint_path, workdir, categories_file)
+  loaded = weights.load_weights(checkpoint_path, config)
+  step, raw, ema, variables = loaded.step, loaded.raw, loaded.ema, loaded.variables
+  categories = categories_for(config, checkpoint_path, loaded.workdir, categories_file)
   summary = {'model': config.model.name, 'checkpoint': checkpoint_path, 'step': step,
              'input_size': list(image_hw(config)), 'num_classes': config.model.num_classes,
              'categories': len(categories.ids),

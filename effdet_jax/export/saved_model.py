@@ -33,10 +33,10 @@ import tensorflow as tf
 from tensorflow.compiler.mlir.stablehlo import stablehlo as tf_stablehlo
 from tensorflow.compiler.tf2xla.python import xla as tfxla
 
-from effdet_jax import platforms as platform_choice
 from effdet_jax.data.categories import CategoryMap
-from effdet_jax.detector import detection_fn
+from effdet_jax.inference.detector import detection_fn
 from effdet_jax.models import image_hw
+from effdet_jax.runtime import platforms as platform_choice
 
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 # jax.export's platform names -> the backend names the model's choices follow.

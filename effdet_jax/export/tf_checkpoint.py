@@ -6,7 +6,7 @@ Every variable under its official name (`efficientnet-b0/stem/conv2d/kernel`,
 raw (trained) value, the same name plus `/ExponentialMovingAverage` for its EMA
 (BatchNorm statistics included, as the released checkpoints and TF1's
 `ExponentialMovingAverage` have them), and `global_step`; float32, as released.
-`convert.load_official_checkpoint` reads it back to the same variables.
+`official_checkpoint.load_official_checkpoint` reads it back to the same variables.
 """
 import os
 from typing import Dict, Optional
@@ -15,17 +15,17 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from effdet_jax import convert
+from effdet_jax.models import official_checkpoint
 
 PREFIX = 'model'
 
 
 def official_tensors(config: ml_collections.ConfigDict, raw, ema, step: int) -> Dict[str, np.ndarray]:
   """`{name: array}` of the checkpoint: raw weights, their EMA (if given) and `global_step`."""
-  tensors = {k: v.astype(np.float32) for k, v in convert.official_variables(raw, config).items()}
+  tensors = {k: v.astype(np.float32) for k, v in official_checkpoint.official_variables(raw, config).items()}
   if ema is not None:
-    tensors.update({k + convert.EMA_SUFFIX: v.astype(np.float32)
-                    for k, v in convert.official_variables(ema, config).items()})
+    tensors.update({k + official_checkpoint.EMA_SUFFIX: v.astype(np.float32)
+                    for k, v in official_checkpoint.official_variables(ema, config).items()})
   tensors['global_step'] = np.asarray(step, np.int64)
   return tensors
 

@@ -34,8 +34,8 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from effdet_jax.data.image_files import load_image
 from effdet_jax.detection import anchors as anchors_lib
-from effdet_jax.detector import resize_scale
 from effdet_jax.export.saved_model import call_exported, serialize_for_tf
+from effdet_jax.inference.detector import resize_scale
 from effdet_jax.models import build_model, image_hw
 
 QUANTIZATIONS = ('none', 'float16', 'int8')

@@ -5,11 +5,11 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from effdet_jax import precision
 from effdet_jax.models import layers
 from effdet_jax.models.bifpn import BiFPN, FPNSettings
 from effdet_jax.models.efficientnet import EfficientNet
 from effdet_jax.models.heads import Head, class_bias_init
+from effdet_jax.runtime import precision
 
 
 class EfficientDet(nn.Module):

@@ -18,8 +18,8 @@ from typing import Tuple
 
 import jax
 
-from effdet_jax import platforms
 from effdet_jax.models.efficientdet import EfficientDet
+from effdet_jax.runtime import platforms
 
 CPU_CHUNK_SIZE = 2
 CPU_COMPILER_OPTIONS = {

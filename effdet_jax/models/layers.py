@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effdet_jax import cpu_kernels, platforms, precision
+from effdet_jax.runtime import cpu_kernels, platforms, precision
 
 Initializer = Callable[..., jax.Array]
 CONV_IMPLS = ('auto', 'native', 'matmul')
@@ -138,7 +138,7 @@ def _shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arra
   """Depthwise convolution as shifted multiply-adds, `kernel` `[kh, kw, C]`.
 
   Its own gradient: on CPU both halves run in hand-written kernels
-  (`effdet_jax/cpu_kernels/depthwise_grads.cc`; D0 train step at batch 8
+  (`effdet_jax/runtime/cpu_kernels/depthwise_grads.cc`; D0 train step at batch 8
   5.5 -> 3.7 s with the focal-loss kernel left out). Without them, the kernel's
   gradient is accumulated one output row at a time, all taps at once (autodiff
   makes one reduction over the activation per tap, 3x slower).

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax.experimental import topologies
 
-from effdet_jax import startup
+from effdet_jax.runtime import startup
 
 GIB = 2**30
 

@@ -1,6 +1,6 @@
 """Speed of the model, measured: images/s after compilation, compile time, peak memory.
 
-    python -m effdet_jax.tools.benchmark --config configs/efficientdet.py:d0 \
+    python -m effdet_jax.tools.benchmark --config effdet_jax/configs/efficientdet.py:d0 \
         --mode infer --batch_size 8 [--precision bfloat16] [--json]
 
 Modes:
@@ -46,11 +46,17 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
+import numpy as np
+import tensorflow as tf
 
-from effdet_jax import cli, huge_pages
-from effdet_jax.convert import abstract_variables, init_variables
+from effdet_jax.data import input_pipeline, synthetic
+from effdet_jax.detection import anchors as anchors_lib, postprocess, target_assigner
 from effdet_jax.models import build_model, image_hw, inference, layers
-from effdet_jax.tools import timing
+from effdet_jax.models.variables import abstract_variables, init_variables
+from effdet_jax.runtime import cli, huge_pages
+from effdet_jax.tools import op_profile, timing
+from effdet_jax.training import optim
+from effdet_jax.training.step import batch_spec, create_state, make_train_step
 
 FLAGS = flags.FLAGS
 MODES = ('infer', 'postprocess', 'input', 'train', 'compile', 'ops', 'saved_model', 'tflite')
@@ -70,7 +76,6 @@ def benchmark_infer(config, batch_size: int, repeats: int, warmup: int):
 
 
 def benchmark_ops(config, batch_size: int, repeats: int, warmup: int):
-  from effdet_jax.tools import op_profile  # pylint: disable=g-import-not-at-top
   model = build_model(config)
   variables = abstract_variables(config)   # shapes are all that tracing needs
   images = jax.ShapeDtypeStruct((batch_size, *image_hw(config), 3), jnp.float32)
@@ -86,7 +91,6 @@ def benchmark_ops(config, batch_size: int, repeats: int, warmup: int):
 
 
 def benchmark_postprocess(config, batch_size: int, repeats: int, warmup: int, per_class: bool):
-  from effdet_jax.detection import anchors as anchors_lib, postprocess  # pylint: disable=g-import-not-at-top
   m, p = config.model, config.postprocess
   height, width = image_hw(config)
   num_anchors = m.num_scales * len(m.aspect_ratios)
@@ -109,9 +113,6 @@ def benchmark_postprocess(config, batch_size: int, repeats: int, warmup: int, pe
 
 def benchmark_input(config, batch_size: int, repeats: int, warmup: int, threads: int,
                     synthetic_dir: str):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from effdet_jax.data import input_pipeline, synthetic  # pylint: disable=g-import-not-at-top
-  from effdet_jax.detection import anchors as anchors_lib, target_assigner  # pylint: disable=g-import-not-at-top
   if synthetic_dir:
     synthetic.ensure_dataset(synthetic_dir, num_train=256, num_val=0, image_size=640)
     config.data.source = 'coco_json'
@@ -156,8 +157,6 @@ def benchmark_input(config, batch_size: int, repeats: int, warmup: int, threads:
 def _train_step_and_inputs(config, batch_size: int):
   """The jitted train step (state donated, as in training) and arguments for it: fresh
   state and a batch of random images with 8 random boxes each."""
-  from effdet_jax import optim  # pylint: disable=g-import-not-at-top
-  from effdet_jax.train_step import batch_spec, create_state, make_train_step  # pylint: disable=g-import-not-at-top
   variables = init_variables(config, jax.random.PRNGKey(0))
   layout = optim.ParamLayout(jax.eval_shape(lambda: variables))
   schedule = optim.learning_rate_schedule(0.1, 0.01, 10, 1000)
@@ -230,8 +229,6 @@ def benchmark_compile(config, batch_size: int, repeats: int):
 
 def benchmark_saved_model(directory: str, batch_size: int, repeats: int, warmup: int,
                           image_size):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   model = tf.saved_model.load(directory)
   load_s = time.perf_counter() - start
@@ -252,8 +249,6 @@ def benchmark_saved_model(directory: str, batch_size: int, repeats: int, warmup:
 
 
 def benchmark_tflite(path: str, repeats: int, warmup: int, threads: int):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   interpreter = tf.lite.Interpreter(model_path=path, num_threads=threads or os.cpu_count())
   runner = interpreter.get_signature_runner('serving_default')
   detail = runner.get_input_details()['images']
@@ -385,7 +380,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
+  config_flags.DEFINE_config_file('config', None, 'e.g. effdet_jax/configs/efficientdet.py:d0')
   flags.DEFINE_string('mode', 'infer', f'one of {MODES}')
   flags.DEFINE_integer('batch_size', 1, 'images per step')
   flags.DEFINE_enum('precision', None, ['float32', 'bfloat16'], 'overrides model.dtype')

@@ -1,6 +1,6 @@
 """Read a whole split with the training code and count what it will use and what it leaves out.
 
-    python -m effdet_jax.tools.inspect_dataset --config configs/efficientdet.py:d0 \
+    python -m effdet_jax.tools.inspect_dataset --config effdet_jax/configs/efficientdet.py:d0 \
         --config.data.source=coco_json --config.data.train.annotations=ann.json \
         --config.data.train.images=DIR [--split train]
 
@@ -14,8 +14,8 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
-from effdet_jax import cli
 from effdet_jax.data import input_pipeline
+from effdet_jax.runtime import cli
 
 FLAGS = flags.FLAGS
 
@@ -34,7 +34,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
+  config_flags.DEFINE_config_file('config', None, 'e.g. effdet_jax/configs/efficientdet.py:d0')
   flags.DEFINE_string('split', 'train', 'which config.data split to read')
   flags.mark_flags_as_required(['config'])
   cli.run(main)

@@ -18,8 +18,8 @@ from absl import flags
 from PIL import Image
 import tensorflow as tf
 
-from effdet_jax import cli
 from effdet_jax.data import coco_json, tfrecord
+from effdet_jax.runtime import cli
 
 FLAGS = flags.FLAGS
 

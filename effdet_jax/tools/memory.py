@@ -2,19 +2,19 @@
 
 On this machine's backend, for one device holding `per_device_batch` images:
 
-    python -m effdet_jax.tools.memory --config configs/efficientdet.py:d4 \
+    python -m effdet_jax.tools.memory --config effdet_jax/configs/efficientdet.py:d4 \
         --per_device_batch 4 [--config.model.remat=True] [--json]
 
 Ahead of time for a TPU slice (no TPU needed; `pip install -e '.[tpu]'` brings
 XLA's TPU compiler):
 
-    python -m effdet_jax.tools.memory --config configs/efficientdet.py:d7x \
+    python -m effdet_jax.tools.memory --config effdet_jax/configs/efficientdet.py:d7x \
         --target tpu:v4:2x2x1 --global_batch_size 16 [--precision bfloat16] \
         [--config.model.remat=True] [--mode train|eval] [--json]
 
 compiles the real step for every device of the slice, as training jits it
 (state replicated and donated, the batch split over the `data` axis;
-`train_step.jit_train_step`) or as evaluation does (`evaluate.jit_eval_step`),
+`training/step.jit_train_step`) or as evaluation does (`evaluate.jit_eval_step`),
 with the per-platform choices made for the target (native convolutions, the
 matrix anchor matcher). It prints per device the state and batch, the
 temporaries, the peak and whether it fits the chip's HBM; XLA's estimated step
@@ -33,10 +33,13 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
-from effdet_jax import cli, convert, evaluate, optim, parallel, platforms
+from effdet_jax.inference import evaluate
 from effdet_jax.models import layers
+from effdet_jax.models.variables import abstract_variables
+from effdet_jax.runtime import cli, parallel, platforms
 from effdet_jax.tools import accelerators
-from effdet_jax.train_step import batch_spec, create_state, jit_train_step, make_train_step
+from effdet_jax.training import optim
+from effdet_jax.training.step import batch_spec, create_state, jit_train_step, make_train_step
 
 FLAGS = flags.FLAGS
 GIB = 2**30
@@ -45,7 +48,7 @@ MODES = ('train', 'eval')
 
 def train_step_memory(config, per_device_batch: int):
   """The host backend's figures for one device (no sharding)."""
-  abstract_vars = convert.abstract_variables(config)
+  abstract_vars = abstract_variables(config)
   layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
   state = jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer), abstract_vars)
   batch = batch_spec(config, per_device_batch)
@@ -91,7 +94,7 @@ def compile_for(config: ml_collections.ConfigDict, target: accelerators.Target,
                      f'{mesh.shape["data"]} devices of {target.spec}')
   replicated = parallel.replicated(mesh)
   split = parallel.batch_sharding(mesh)
-  abstract_vars = convert.abstract_variables(config)
+  abstract_vars = abstract_variables(config)
   with platforms.target(target.platform):
     if mode == 'train':
       layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
@@ -255,7 +258,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
+  config_flags.DEFINE_config_file('config', None, 'e.g. effdet_jax/configs/efficientdet.py:d0')
   flags.DEFINE_integer('per_device_batch', 4, 'images on each device')
   flags.DEFINE_string('target', '', 'compile for this slice instead of the host, e.g. tpu:v5e:2x2')
   flags.DEFINE_integer('global_batch_size', 0,

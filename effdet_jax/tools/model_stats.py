@@ -1,6 +1,6 @@
 """Parameter counts and forward FLOPs of a config's model, without running it.
 
-    python -m effdet_jax.tools.model_stats --config configs/efficientdet.py:d3
+    python -m effdet_jax.tools.model_stats --config effdet_jax/configs/efficientdet.py:d3
 """
 import json
 
@@ -11,9 +11,9 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
-from effdet_jax import cli
-from effdet_jax.convert import abstract_variables
 from effdet_jax.models import build_model, image_hw
+from effdet_jax.models.variables import abstract_variables
+from effdet_jax.runtime import cli
 
 FLAGS = flags.FLAGS
 
@@ -60,6 +60,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
+  config_flags.DEFINE_config_file('config', None, 'e.g. effdet_jax/configs/efficientdet.py:d0')
   flags.mark_flags_as_required(['config'])
   cli.run(main)

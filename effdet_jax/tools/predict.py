@@ -1,11 +1,11 @@
 """Detect objects in image files; write JSON and, optionally, pictures with boxes.
 
-    python -m effdet_jax.tools.predict --config configs/efficientdet.py:d0 \
+    python -m effdet_jax.tools.predict --config effdet_jax/configs/efficientdet.py:d0 \
         --checkpoint PATH --output detections.json [--draw_dir DIR] IMAGE [IMAGE ...]
     python -m effdet_jax.tools.predict --bundle DIR ... IMAGE [IMAGE ...]
 
 PATH is an official TF checkpoint (directory, prefix or .tar.gz), a directory
-written by `effdet_jax.convert`, or a training workdir (its latest EMA weights)
+written by `effdet_jax.tools.convert`, or a training workdir (its latest EMA weights)
 or one of its `checkpoints/<step>` directories; DIR is an inference bundle
 written by `effdet_jax.export` (it carries its config and category names).
 `detections.json` holds one entry per image: `{"image", "height", "width",
@@ -19,14 +19,17 @@ from typing import List, Optional, Sequence
 
 from absl import app, flags, logging
 import ml_collections
+from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from effdet_jax import checkpoint, cli
-from effdet_jax.coco_labels import label_name
+from effdet_jax.data.coco_labels import label_name
 from effdet_jax.data.image_files import load_image
-from effdet_jax.detector import Detector
-from effdet_jax.visualize import count_drawn, draw_boxes
+from effdet_jax.export.bundle import load_bundle
+from effdet_jax.inference.detector import Detector
+from effdet_jax.inference.visualize import count_drawn, draw_boxes
+from effdet_jax.runtime import cli
+from effdet_jax.training import weights
 
 FLAGS = flags.FLAGS
 
@@ -79,7 +82,7 @@ def detect_files(detector: Detector, image_paths: Sequence[str], output: str,
 def predict(config: ml_collections.ConfigDict, checkpoint_path: str, image_paths: Sequence[str],
             output: str, draw_dir: Optional[str] = None, draw_min_score: float = 0.3,
             per_class: Optional[bool] = None, batch_size: int = 1) -> List[dict]:
-  _, variables, _ = checkpoint.load_inference_variables(checkpoint_path, config)
+  variables = weights.load_weights(checkpoint_path, config).variables
   detector = Detector(config, variables, per_class=per_class, batch_size=batch_size)
   return detect_files(detector, image_paths, output, draw_dir, draw_min_score)
 
@@ -91,7 +94,6 @@ def main(argv):
   if FLAGS.bundle:
     if FLAGS.checkpoint:
       raise app.UsageError('give --bundle or --config with --checkpoint, not both')
-    from effdet_jax.export import load_bundle  # pylint: disable=g-import-not-at-top
     detector = load_bundle(FLAGS.bundle, per_class=FLAGS.per_class_nms,
                            batch_size=FLAGS.batch_size)
     entries = detect_files(detector, paths, FLAGS.output, FLAGS.draw_dir, FLAGS.draw_min_score)
@@ -116,8 +118,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file('config', None, 'e.g. configs/efficientdet.py:d0')
+  config_flags.DEFINE_config_file('config', None, 'e.g. effdet_jax/configs/efficientdet.py:d0')
   flags.DEFINE_string('checkpoint', None, 'training workdir or checkpoints/<step> directory, '
                       'converted directory, or official TF checkpoint')
   flags.DEFINE_string('bundle', None, 'an inference bundle from effdet_jax.export (instead of '

@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 import jax
 import jaxlib
 
-from effdet_jax import platforms
+from effdet_jax.runtime import platforms
 
 _HERE = Path(__file__).parent
 _SOURCES = (_HERE / 'depthwise_grads.cc', _HERE / 'focal_loss.cc')

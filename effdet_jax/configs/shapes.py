@@ -1,6 +1,7 @@
 """The demo: train a scaled-down EfficientDet from scratch on generated shapes, on a CPU.
 
-    python -m effdet_jax.main --config configs/shapes.py --workdir runs/shapes --mode train_and_eval
+    python -m effdet_jax.main --config effdet_jax/configs/shapes.py --workdir runs/shapes \
+        --mode train_and_eval
 
 Writes the synthetic dataset (3000 train / 300 val images of five shape classes,
 at most 128 px a side) under `<workdir>/data` on first use, trains with the
@@ -16,7 +17,7 @@ of 3 layers, on levels 3-6 of a 128x128 input. Anchors are half the official
 size (the smallest shapes are a dozen pixels); augmentation jitters scale by
 0.8-1.2 instead of 0.1-2.0, which a run of a few thousand steps cannot absorb.
 """
-from configs.efficientdet import get_config as efficientdet_config
+from effdet_jax.configs.efficientdet import get_config as efficientdet_config
 
 
 def get_config():

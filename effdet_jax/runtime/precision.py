@@ -20,7 +20,7 @@ def _check(name: str) -> str:
     raise ValueError(f'model.dtype (= train.precision) must be one of {PRECISIONS}, got {name!r}')
   if name == 'float64' and not jax.config.jax_enable_x64:
     raise ValueError("train.precision='float64' needs JAX's 64-bit mode: call "
-                     "effdet_jax.precision.configure(config) before building anything")
+                     "effdet_jax.runtime.precision.configure(config) before building anything")
   return name
 
 

@@ -1,18 +1,18 @@
 """Sweeps: a base config and a list of override points, one run per point.
 
-A sweep file (`configs/sweeps/*.py`) defines `get_sweep()`:
+A sweep file (`effdet_jax/configs/sweeps/*.py`) defines `get_sweep()`:
 
-    from effdet_jax.sweep import Sweep, product, zipped
+    from effdet_jax.tools.sweep import Sweep, product, zipped
     def get_sweep():
-      return Sweep(config='configs/shapes.py',
+      return Sweep(config='effdet_jax/configs/shapes.py',
                    points=product({'train.learning_rate': [0.08, 0.16, 0.32],
                                    'train.num_steps': [1000, 2000]}))
 
-    python -m effdet_jax.sweep expand  --sweep FILE --root DIR   # list the runs
-    python -m effdet_jax.sweep run     --sweep FILE --root DIR   # one after another, here
-    python -m effdet_jax.sweep print   --sweep FILE --root DIR --launcher tpu \
+    python -m effdet_jax.tools.sweep expand  --sweep FILE --root DIR   # list the runs
+    python -m effdet_jax.tools.sweep run     --sweep FILE --root DIR   # one after another, here
+    python -m effdet_jax.tools.sweep print   --sweep FILE --root DIR --launcher tpu \
         --launcher_args='--name pod --zone us-central2-b --bucket gs://b'
-    python -m effdet_jax.sweep summary --root DIR [--sweep FILE] # a table from metrics.jsonl
+    python -m effdet_jax.tools.sweep summary --root DIR [--sweep FILE] # a table from metrics.jsonl
 
 Each run's workdir is `<root>/<index>_<key>=<value>_...` (the last component of
 each overridden key, the full key where two would clash). `run` writes
@@ -36,12 +36,13 @@ from typing import Any, Dict, List, Optional, Sequence
 import ml_collections
 import tensorflow as tf
 
-from effdet_jax import cli
-from effdet_jax.metrics_writer import read_metrics
+from effdet_jax.runtime import cli
+from effdet_jax.training.metrics_writer import read_metrics
 
 POINT_FILE = 'sweep_point.json'
 LAUNCHERS = ('local', 'tpu', 'slurm')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The checkout: launch/ scripts, and config paths given relative to it.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def product(values: Dict[str, Sequence[Any]]) -> List[Dict[str, Any]]:
@@ -61,7 +62,7 @@ def zipped(values: Dict[str, Sequence[Any]]) -> List[Dict[str, Any]]:
 
 @dataclasses.dataclass
 class Sweep:
-  config: str                      # a config file, as for --config: 'configs/efficientdet.py:d0'
+  config: str                      # a config file, as for --config: 'effdet_jax/configs/efficientdet.py:d0'
   points: List[Dict[str, Any]]     # override dicts: {'train.learning_rate': 0.08, ...}
   mode: str = 'train_and_eval'
   name: str = ''                   # default: the sweep file's name
@@ -76,24 +77,19 @@ class Run:
 
 
 def _load_python_file(path: str, what: str):
-  """Execute a sweep or config file as a module (with the checkout importable,
-  so it can import `configs.*`)."""
+  """Execute a sweep or config file as a module."""
   spec = importlib.util.spec_from_file_location(f'effdet_{what}', path)
   if spec is None or not os.path.isfile(path):
     raise FileNotFoundError(f'no {what} file {path!r}')
   module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, ROOT)
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    sys.path.remove(ROOT)
+  spec.loader.exec_module(module)
   return module
 
 
 def load_sweep(path: str) -> Sweep:
   module = _load_python_file(path, 'sweep')
   if not hasattr(module, 'get_sweep'):
-    raise ValueError(f'{path}: a sweep file defines get_sweep() returning effdet_jax.sweep.Sweep')
+    raise ValueError(f'{path}: a sweep file defines get_sweep() returning effdet_jax.tools.sweep.Sweep')
   sweep = module.get_sweep()
   if not isinstance(sweep, Sweep):
     raise ValueError(f'{path}: get_sweep() returned {type(sweep).__name__}, expected Sweep')
@@ -254,7 +250,7 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split('\n', 1)[1])
   parser.add_argument('command', choices=('expand', 'run', 'print', 'summary'))
-  parser.add_argument('--sweep', default='', help='a sweep file (configs/sweeps/*.py)')
+  parser.add_argument('--sweep', default='', help='a sweep file (effdet_jax/configs/sweeps/*.py)')
   parser.add_argument('--root', required=True, help='one workdir per run is made under it')
   parser.add_argument('--launcher', default='local', choices=LAUNCHERS, help='print: for which')
   parser.add_argument('--launcher_args', default='', help='print: more arguments for the launcher')
@@ -305,5 +301,5 @@ def _command(args, parser) -> int:
 
 if __name__ == '__main__':
   # Through the module, so sweep files and this code share one `Sweep` class.
-  from effdet_jax import sweep as _sweep  # pylint: disable=g-import-not-at-top,import-self
+  from effdet_jax.tools import sweep as _sweep  # pylint: disable=g-import-not-at-top,import-self
   sys.exit(_sweep.main())

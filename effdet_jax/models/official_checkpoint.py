@@ -7,8 +7,8 @@ guessed: every model variable must be found with its shape and every
 checkpoint variable used, else the error lists what is missing, unexpected or
 mis-shaped (a few names of each) and which size the checkpoint holds.
 
-    python -m effdet_jax.convert --config configs/efficientdet.py:d0 \
-        --checkpoint efficientdet-d0.tar.gz --output converted/d0
+`python -m effdet_jax.tools.convert` writes the result as a converted directory;
+`official_variables` is the way back (export to the official layout).
 """
 import glob
 import os
@@ -23,9 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import efficientdet as model_configs
-from effdet_jax import precision
-from effdet_jax.models import build_model
+from effdet_jax.configs import efficientdet as model_configs
+from effdet_jax.models.variables import abstract_variables, init_variables
 
 EMA_SUFFIX = '/ExponentialMovingAverage'
 CLASS_PREDICT = 'class_net/class-predict/'
@@ -63,6 +62,8 @@ def resolve_checkpoint(path: str) -> str:
 
 
 def _prefix_in_directory(directory: str) -> str:
+  # TF only reads checkpoints here; importing it takes seconds, so the models
+  # package does not pay for it unless a checkpoint is read.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   for root, _, files in sorted(os.walk(directory)):
     if 'checkpoint' in files:
@@ -78,7 +79,7 @@ def _prefix_in_directory(directory: str) -> str:
 
 
 def read_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (see _prefix_in_directory)
   reader = tf.train.load_checkpoint(prefix)
   return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
@@ -115,38 +116,6 @@ def _unflatten(items):
       node = node.setdefault(key, {})
     node[path[-1]] = value
   return tree
-
-
-def _init_input(config: ml_collections.ConfigDict) -> jax.Array:
-  """The smallest valid input: variable shapes do not depend on the image size."""
-  side = 2 ** config.model.max_level
-  return jnp.zeros((1, side, side, 3))
-
-
-def _in_param_dtype(variables, config: ml_collections.ConfigDict):
-  """The variables as the run keeps them: float32, or float64 for a float64 run."""
-  dtype = precision.param_dtype(config.model.dtype)
-  return jax.tree.map(lambda x: x.astype(dtype), variables)
-
-
-def abstract_variables(config: ml_collections.ConfigDict):
-  """Shapes of the model's variables, without computing anything."""
-  model = build_model(config)
-  return jax.eval_shape(lambda: _in_param_dtype(
-      model.init(jax.random.PRNGKey(0), _init_input(config), train=False), config))
-
-
-def init_variables(config: ml_collections.ConfigDict, rng: jax.Array):
-  """Freshly initialized variables, as the official initializers draw them.
-
-  The ~700 initializers draw from an RBG key made from `rng`: XLA compiles
-  them about twice as fast as threefry (D0 init 33 s -> 21 s on CPU).
-  """
-  model = build_model(config)
-  words = jax.random.key_data(rng).reshape(-1)[:2].astype('uint32')
-  key = jax.random.wrap_key_data(jax.numpy.concatenate([words, words[::-1]]), impl='rbg')
-  return jax.jit(lambda k: _in_param_dtype(model.init(k, _init_input(config), train=False),
-                                           config))(key)
 
 
 def load_official_checkpoint(path: str, config: ml_collections.ConfigDict, *,
@@ -286,29 +255,3 @@ def _ignorable(name: str, ema: bool, backbone: str, backbone_only: bool,
     # The ImageNet classifier (`head/`) and anything outside the backbone.
     return not base.startswith(backbone + '/') or base.startswith(backbone + '/head/')
   return reinit_class_head and base.startswith(CLASS_PREDICT)
-
-
-def main(argv):
-  del argv
-  from effdet_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  config = FLAGS.config
-  variables = load_official_checkpoint(
-      FLAGS.checkpoint, config, use_ema=FLAGS.use_ema,
-      reinit_class_head=FLAGS.reinit_class_head, backbone_only=FLAGS.backbone_only)
-  checkpoint.save_variables(FLAGS.output, variables, config)
-  print(f'wrote {FLAGS.output}')
-
-
-if __name__ == '__main__':
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from effdet_jax import cli  # pylint: disable=g-import-not-at-top
-  FLAGS = flags.FLAGS
-  config_flags.DEFINE_config_file('config', None, 'config file, e.g. configs/efficientdet.py:d0')
-  flags.DEFINE_string('checkpoint', None, 'official checkpoint: directory, prefix or .tar.gz')
-  flags.DEFINE_string('output', None, 'directory for the converted orbax checkpoint')
-  flags.DEFINE_bool('use_ema', None, 'default: EMA weights when present')
-  flags.DEFINE_bool('reinit_class_head', False, 'fresh class predictor (other num_classes)')
-  flags.DEFINE_bool('backbone_only', False, 'EfficientNet ImageNet checkpoint: backbone only')
-  flags.mark_flags_as_required(['config', 'checkpoint', 'output'])
-  cli.run(main)

@@ -1,4 +1,5 @@
-"""Boxes drawn on images: the predict tool's pictures and evaluation's TensorBoard samples."""
+"""Boxes drawn on images: the predict tool's pictures and evaluation's samples
+(TensorBoard, and side by side in one PNG)."""
 from typing import Dict, Sequence
 
 import numpy as np
@@ -41,3 +42,16 @@ def draw_boxes(image: np.ndarray, detections: Sequence[Dict], min_score: float =
 
 def count_drawn(detections: Sequence[Dict], min_score: float) -> int:
   return sum(d['score'] >= min_score for d in detections)
+
+
+def grid(images: Sequence[np.ndarray], columns: int = 4, gap: int = 4) -> np.ndarray:
+  """Images side by side, `columns` per row, on white."""
+  height = max(i.shape[0] for i in images)
+  width = max(i.shape[1] for i in images)
+  rows = -(-len(images) // columns)
+  columns = min(columns, len(images))
+  canvas = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
+  for k, image in enumerate(images):
+    top, left = (k // columns) * (height + gap), (k % columns) * (width + gap)
+    canvas[top:top + image.shape[0], left:left + image.shape[1]] = image
+  return canvas

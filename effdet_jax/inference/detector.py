@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from effdet_jax.coco_labels import label_name
+from effdet_jax.data.coco_labels import label_name
 from effdet_jax.detection import anchors as anchors_lib
 from effdet_jax.detection import postprocess as postprocess_lib
 from effdet_jax.models import build_model, image_hw, inference

@@ -2,7 +2,7 @@
 train and eval setting.
 
 Defaults are the official ones (google/automl `efficientdet/hparams_config.py`).
-Use as `--config configs/efficientdet.py:d3` (or `:lite0`) and override any field from the
+Use as `--config effdet_jax/configs/efficientdet.py:d3` (or `:lite0`) and override any field from the
 command line, e.g. `--config.model.fpn_num_filters=96`. `model` and
 `postprocess` are read by the model and the detector; `data`, `loss` and
 `train` hold the official training recipe for the code built on top of them.
@@ -72,7 +72,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   m.backbone_survival_prob = 0.0 if backbone == 'efficientnet-b0' else 0.8
   m.head_survival_prob = 0.0
   # Compute dtype: 'float32', 'bfloat16' (parameters stay float32) or 'float64'
-  # (checks only); the same field as train.precision (effdet_jax/precision.py).
+  # (checks only); the same field as train.precision (effdet_jax/runtime/precision.py).
   m.dtype = 'float32'
   # Rematerialization: recompute backbone blocks and BiFPN cells in the backward
   # pass (less activation memory, ~1/3 more compute), for the big models.
@@ -156,7 +156,7 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   # Peak learning rate for the global batch: 0.08 per 64 images (set it with the batch).
   config.train.learning_rate = 0.08 * config.train.global_batch_size / 64
   # Linear warm-up from lr_warmup_init (the official suggests 0.0008 for Adam) over
-  # warmup_steps if > 0, else lr_warmup_epochs; then lr_decay (effdet_jax/optim.py):
+  # warmup_steps if > 0, else lr_warmup_epochs; then lr_decay (effdet_jax/training/optim.py):
   # 'cosine' | 'stepwise' (x0.1 at first_lr_drop_epoch, x0.01 at second_lr_drop_epoch)
   # | 'polynomial' ((1 - step / total) ** poly_lr_power) | 'constant' (no warm-up; TF1).
   config.train.lr_warmup_init = 0.008
@@ -175,7 +175,7 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   # whether the EMA covers BatchNorm statistics, and whether L2 covers frozen kernels.
   config.train.official_path = 'tf1'
   # 'float32'; 'bfloat16' compute with float32 weights; or 'float64' everything, for
-  # numerical checks (effdet_jax/precision.py). The same field as model.dtype.
+  # numerical checks (effdet_jax/runtime/precision.py). The same field as model.dtype.
   precision = ml_collections.FieldReference(config.model.dtype)
   config.model.dtype = precision
   config.train.precision = precision
@@ -191,6 +191,10 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   config.train.checkpoint_every_steps = 1000
   config.train.keep_checkpoints = 3
   config.train.eval_every_steps = 0     # 0: only at the end (train_and_eval)
+  # A profiler trace of profile_steps steps after step profile_first_step (0: none),
+  # in <workdir>/tensorboard/plugins/profile/ (TensorBoard's Profile tab; docs/training.md).
+  config.train.profile_steps = 0
+  config.train.profile_first_step = 10
   config.model_parallelism = 1          # size of the mesh's `model` axis
 
   config.eval = ml_collections.ConfigDict()

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,13 +27,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 import tensorflow as tf
 
-from effdet_jax import checkpoint, optim, parallel, progress
-from effdet_jax.data import categories as categories_lib, input_pipeline
-from effdet_jax.detection import anchors as anchors_lib
-from effdet_jax.detection import postprocess as postprocess_lib
-from effdet_jax.metrics_writer import MetricsWriter
-from effdet_jax.models import build_model, image_hw, inference
-from effdet_jax.visualize import draw_boxes
+from effdet_jax.data import input_pipeline
+from effdet_jax.inference import progress, visualize
+from effdet_jax.inference.detector import detection_fn
+from effdet_jax.models import image_hw, inference
+from effdet_jax.runtime import parallel
 
 COCO_METRICS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100')
 EVAL_DIR = 'eval'
@@ -104,18 +102,13 @@ class EvalResult:
 
 
 def make_eval_step(config: ml_collections.ConfigDict):
-  """`(variables, device batch) -> (detections, the batch without its images)`."""
-  model = build_model(config)
-  anchors = jnp.asarray(anchors_lib.anchors_for(config))
-  nms = postprocess_lib.settings(config.postprocess, config.postprocess.eval_per_class)
-  input_size = image_hw(config)
+  """`(variables, device batch) -> (detections, the batch without its images)`: the
+  `Detector`'s function with evaluation's NMS setting (`postprocess.eval_per_class`)."""
+  detect = detection_fn(config, config.postprocess.eval_per_class)
 
   def step(variables, batch):
     batch = dict(batch)
-    cls_outputs, box_outputs = inference.forward(model, variables, batch.pop('image'))
-    detections = postprocess_lib.postprocess(
-        cls_outputs, box_outputs, anchors, batch['image_scale'], image_size=input_size,
-        num_classes=config.model.num_classes, **nms)
+    detections = detect(variables, batch.pop('image'), batch['image_scale'])
     return detections._asdict(), batch
 
   return step
@@ -275,11 +268,13 @@ class Evaluator:
       entries.append({'box': (detections['boxes'][row, j] / scale).tolist(),
                       'score': float(detections['scores'][row, j]), 'category_id': category,
                       'label': self.names.get(category, str(category))})
-    return draw_boxes(image, entries, self.config.eval.draw_min_score, gt_boxes.tolist())
+    return visualize.draw_boxes(image, entries, self.config.eval.draw_min_score, gt_boxes.tolist())
 
 
-def write(result: EvalResult, step: int, workdir: str, writer: MetricsWriter) -> None:
-  """Metrics to metrics.jsonl and TensorBoard, detections to `eval/detections_<step>.json`."""
+def write(result: EvalResult, step: int, workdir: str, writer) -> None:
+  """Metrics and the drawn samples to `writer` (a clu `MetricWriter`: the run's
+  metrics.jsonl and TensorBoard, `training.metrics_writer`),
+  detections to `eval/detections_<step>.json`, the drawn samples to `eval/samples_<step>.png`."""
   logging.info('evaluation at step %d: %s over %d images (%d unreadable, left out) in %.1f s '
                '(%.1f images/s; compiling %.1f s)', step,
                ' '.join(f'{k} {v:.4f}' for k, v in result.metrics.items()), result.num_images,
@@ -291,62 +286,17 @@ def write(result: EvalResult, step: int, workdir: str, writer: MetricsWriter) ->
   tf.io.gfile.makedirs(directory)
   with tf.io.gfile.GFile(os.path.join(directory, f'detections_{step}.json'), 'w') as f:
     json.dump(result.results, f)
-  writer.write(step, {**result.metrics, 'eval_images': result.num_images,
-                      'eval_images_skipped': result.images_skipped,
-                      'eval_images_per_sec': round(result.num_images / max(result.seconds, 1e-9), 2)})
-  writer.images(step, 'eval/samples', result.samples)
+  writer.write_scalars(step, {
+      **result.metrics, 'eval_images': result.num_images,
+      'eval_images_skipped': result.images_skipped,
+      'eval_images_per_sec': round(result.num_images / max(result.seconds, 1e-9), 2)})
+  if result.samples:   # TensorBoard shows each as eval/samples/<i>
+    writer.write_images(step, {f'eval/samples/{i}': image for i, image in enumerate(result.samples)})
+  writer.flush()
   if result.samples:
     with tf.io.gfile.GFile(samples_path(workdir, step), 'wb') as f:
-      Image.fromarray(_grid(result.samples)).save(f, format='PNG')
+      Image.fromarray(visualize.grid(result.samples)).save(f, format='PNG')
 
 
 def samples_path(workdir: str, step: int) -> str:
   return os.path.join(workdir, EVAL_DIR, f'samples_{step}.png')
-
-
-def _grid(images: Sequence[np.ndarray], columns: int = 4, gap: int = 4) -> np.ndarray:
-  """Images side by side, `columns` per row, on white."""
-  height = max(i.shape[0] for i in images)
-  width = max(i.shape[1] for i in images)
-  rows = -(-len(images) // columns)
-  columns = min(columns, len(images))
-  canvas = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
-  for k, image in enumerate(images):
-    top, left = (k // columns) * (height + gap), (k % columns) * (width + gap)
-    canvas[top:top + image.shape[0], left:left + image.shape[1]] = image
-  return canvas
-
-
-def ema_variables(state, layout: optim.ParamLayout, mesh):
-  """The EMA weights of a train state as model variables, replicated over the mesh."""
-  return jax.jit(layout.variables, out_shardings=parallel.replicated(mesh))(
-      state.ema_params, state.ema_batch_stats)
-
-
-def load_variables(config: ml_collections.ConfigDict, workdir: str, path: str, mesh):
-  """(step, replicated variables): the EMA weights of the latest training checkpoint of
-  `workdir`, or what `path` holds (see `checkpoint.load_inference_variables`)."""
-  if path:
-    step, variables, _ = checkpoint.load_inference_variables(path, config)
-  else:
-    step, variables = checkpoint.load_ema_variables(workdir, config)
-  return step, parallel.replicate(variables, mesh)
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        path: str = '') -> Tuple[int, EvalResult]:
-  """`--mode eval`: score one checkpoint and write the results into `workdir`; (its step, result)."""
-  mesh = parallel.create_mesh(config.model_parallelism)
-  step, variables = load_variables(config, workdir, path, mesh)
-  logging.info('evaluating %s at step %d', path or workdir, step)
-  evaluator = Evaluator(config, mesh)
-  if jax.process_index() == 0:
-    tf.io.gfile.makedirs(workdir)
-    evaluator.data.categories.save(os.path.join(workdir, categories_lib.FILENAME))
-  writer = MetricsWriter(workdir, resume_step=None)
-  try:
-    result = evaluator(variables)
-    write(result, step, workdir, writer)
-  finally:
-    writer.close()
-  return step, result

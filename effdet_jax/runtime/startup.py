@@ -18,12 +18,12 @@ import sys
 import tempfile
 from typing import Iterator, Sequence
 
-from effdet_jax import huge_pages
+from effdet_jax.runtime import huge_pages
 
 NOTICES = ('All log messages before absl::InitializeLog() is called',
            'oneDNN custom operations are on')
 # The commands whose time goes into XLA:CPU steps restart once with huge pages
-# (effdet_jax/huge_pages.py), before anything heavy is imported.
+# (effdet_jax/runtime/huge_pages.py), before anything heavy is imported.
 HUGE_PAGE_COMMANDS = ('effdet_jax.main', 'effdet_jax.tools.benchmark')
 
 

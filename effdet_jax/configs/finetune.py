@@ -1,7 +1,7 @@
 """Fine-tune an official COCO checkpoint on a COCO-JSON dataset (the official
 Pascal VOC recipe: 20 classes, backbone and BiFPN frozen, 50 epochs).
 
-    python -m effdet_jax.main --config configs/finetune.py:d0 --workdir runs/voc \
+    python -m effdet_jax.main --config effdet_jax/configs/finetune.py:d0 --workdir runs/voc \
         --config.train.init_checkpoint=efficientdet-d0.tar.gz \
         --config.data.train.annotations=voc/annotations/train.json \
         --config.data.train.images=voc/JPEGImages \
@@ -13,7 +13,7 @@ become classes 0..K-1 in id order); the checkpoint's class head, of another
 size, starts fresh, everything else from the checkpoint. `train.freeze_regex=''`
 trains the whole network.
 """
-from configs.efficientdet import get_config as efficientdet_config
+from effdet_jax.configs.efficientdet import get_config as efficientdet_config
 
 
 def get_config(arg: str = 'd0'):

@@ -14,16 +14,18 @@ import signal
 import time
 from typing import Dict, Optional
 
+from clu import periodic_actions
 import jax
 import ml_collections
-from jax.experimental import multihost_utils
 import tensorflow as tf
 
-from effdet_jax import (checkpoint, convert, evaluate, optim, parallel, precision,
-                        progress)
 from effdet_jax.data import categories as categories_lib, input_pipeline
-from effdet_jax.metrics_writer import MetricsWriter
-from effdet_jax.train_step import METRICS, TrainState, create_state, jit_train_step
+from effdet_jax.inference import evaluate, progress
+from effdet_jax.models.variables import abstract_variables, init_variables
+from effdet_jax.runtime import parallel, precision
+from effdet_jax.training import checkpoint, evaluation, optim, weights
+from effdet_jax.training.metrics_writer import TENSORBOARD_DIR, create_writer
+from effdet_jax.training.step import METRICS, TrainState, create_state, jit_train_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -40,27 +42,29 @@ class TrainResult:
 
 
 def initial_variables(config: ml_collections.ConfigDict):
-  """Random weights, or `train.init_checkpoint` (official or converted; backbone only if asked)."""
-  path = config.train.init_checkpoint
-  if not path:
-    return convert.init_variables(config, jax.random.PRNGKey(config.seed))
-  checkpoint.require_existing(path, '--config.train.init_checkpoint:')
-  if config.train.init_backbone_only:
-    return convert.load_official_checkpoint(path, config, backbone_only=True,
-                                            rng=jax.random.PRNGKey(config.seed))
-  if checkpoint.is_variables_dir(path):
-    return checkpoint.restore_variables(path, config)
-  return convert.load_official_checkpoint(path, config, reinit_class_head=config.model.num_classes != 90,
-                                          rng=jax.random.PRNGKey(config.seed))
+  """Random weights, or those of `train.init_checkpoint` (any path `weights.load_weights`
+  reads; an official one with a fresh class head for another `num_classes`, or
+  only its backbone if asked)."""
+  t = config.train
+  rng = jax.random.PRNGKey(config.seed)
+  if not t.init_checkpoint:
+    return init_variables(config, rng)
+  return weights.load_weights(
+      t.init_checkpoint, config, what='--config.train.init_checkpoint:', rng=rng,
+      backbone_only=t.init_backbone_only,
+      reinit_class_head=config.model.num_classes != 90 and not t.init_backbone_only).variables
 
 
 class _Preemption:
   """SIGTERM (what a preempted VM gets) asks for a checkpoint and a clean exit.
   With several processes JAX's coordination service sees the signal and all
-  processes agree on the step to stop at."""
+  processes agree on the step to stop at, which orbax's checkpoint manager
+  asks it for; a single process (no coordination service) catches the
+  signal itself."""
 
-  def __init__(self):
+  def __init__(self, ckpts: checkpoint.TrainCheckpoints):
     self.requested = False
+    self.ckpts = ckpts
     self.multi = jax.process_count() > 1
     if not self.multi:
       self.previous = signal.signal(signal.SIGTERM, self._handle)
@@ -71,12 +75,29 @@ class _Preemption:
 
   def reached(self, step: int) -> bool:
     if self.multi:
-      return multihost_utils.reached_preemption_sync_point(step)
+      return self.ckpts.manager.reached_preemption(step)
     return self.requested
 
   def close(self):
     if not self.multi:
       signal.signal(signal.SIGTERM, self.previous)
+
+
+def _profiler(t: ml_collections.ConfigDict, workdir: str, start: int, end: int):
+  """clu's `Profile` action for `train.profile_steps` steps after `train.profile_first_step`,
+  or None (off, or those steps are not in this run)."""
+  if not t.profile_steps:
+    return None
+  first, last = t.profile_first_step, t.profile_first_step + t.profile_steps
+  if first <= start or last > end:
+    logging.warning('no profile: steps %d-%d (train.profile_first_step, train.profile_steps) '
+                    'are not all in this run (steps %d-%d)', first + 1, last, start + 1, end)
+    return None
+  logdir = os.path.join(workdir, TENSORBOARD_DIR)
+  logging.info('profiling steps %d-%d into %s/plugins/profile', first + 1, last, logdir)
+  return periodic_actions.Profile(logdir=logdir, num_profile_steps=t.profile_steps,
+                                  profile_duration_ms=None, first_profile=first,
+                                  every_secs=None)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -99,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   schedule = optim.config_schedule(config.train, lengths)
 
   ckpts = checkpoint.TrainCheckpoints(workdir, config.train.keep_checkpoints)
-  abstract_vars = convert.abstract_variables(config)
+  abstract_vars = abstract_variables(config)
   layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
   abstract_state = checkpoint.abstract_like(
       jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer), abstract_vars),
@@ -128,10 +149,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   segments = parallel.replicate(layout.segment_ids(), mesh)
   evaluator = evaluate.Evaluator(config, mesh) if with_eval else None
   eval_metrics = {}
-  writer = MetricsWriter(workdir, resume_step=start)
-  preemption = _Preemption()
+  writer = create_writer(workdir, resume_step=start)
+  preemption = _Preemption(ckpts)
   end = min(total_steps, stop_at_step) if stop_at_step else total_steps
   t = config.train
+  profile = _profiler(t, workdir, start, end)
   bad_images: Dict[str, int] = {}
   bad_boxes: Dict[str, int] = {}
   step, preempted = start, False
@@ -143,6 +165,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       device_batch, host_batch = next(batches)
       state = step_fn(state, device_batch, segments)
       step += 1
+      if profile:
+        profile(step)
       images, boxes = input_pipeline.bad_data_counts(host_batch)
       for total, counts in ((bad_images, images), (bad_boxes, boxes)):
         for k, v in counts.items():
@@ -162,7 +186,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         ckpts.save(step, state)
       if evaluator and not preempted and (
           step == end or (t.eval_every_steps and step % t.eval_every_steps == 0)):
-        result = evaluator(evaluate.ema_variables(state, layout, mesh))
+        result = evaluator(evaluation.ema_variables(state, layout, mesh))
         evaluate.write(result, step, workdir, writer)
         eval_metrics = result.metrics
       if preempted:
@@ -198,7 +222,8 @@ def _log(writer, state, step, total_steps, images_per_sec, step_time, bad_images
                  skipped_steps=int(skipped),
                  images_skipped=int(sum(bad_images.values())),
                  boxes_dropped=int(sum(bad_boxes.values())))
-  writer.write(step, scalars)
+  writer.write_scalars(step, scalars)
+  writer.flush()
   eta = (total_steps - step) * step_time
   logging.info('step %d/%d (%.0f%%) loss %.4f (cls %.4f box %.5f l2 %.4f) lr %.4g |grad| %.3g '
                '%.1f img/s %.3f s/step ETA %s%s', step, total_steps, 100 * step / total_steps,

@@ -20,10 +20,10 @@ from typing import Callable, Iterable, List, Optional, Sequence
 from absl import app, flags, logging
 import ml_collections
 
-from effdet_jax import startup
+from effdet_jax.runtime import startup
 
 USER_ERRORS = (ValueError, OSError, app.UsageError)
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # effdet_jax/
 
 
 def run(main: Callable) -> None:
@@ -102,7 +102,7 @@ def missing_config_file(argv: Sequence[str]) -> Optional[str]:
     path = spec.split(':', 1)[0]
     if not os.path.isfile(path):
       return (f'--{name}={spec}: {path} does not exist; expected a config file and an '
-              f'optional argument, e.g. configs/efficientdet.py:d0')
+              f'optional argument, e.g. effdet_jax/configs/efficientdet.py:d0')
   return None
 
 

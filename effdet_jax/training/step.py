@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from effdet_jax import optim, parallel
 from effdet_jax.detection import anchors as anchors_lib
 from effdet_jax.detection import losses, target_assigner
 from effdet_jax.models import build_model, image_hw
+from effdet_jax.runtime import parallel
+from effdet_jax.training import optim
 
 METRICS = ('loss', 'det_loss', 'cls_loss', 'box_loss', 'l2_loss', 'learning_rate', 'grad_norm',
            'num_positives')
