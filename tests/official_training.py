@@ -55,7 +55,8 @@ def command(data_root: str, workdir: str, *flags: str) -> List[str]:
           '--config.train.learning_rate=0.08', '--config.train.lr_warmup_init=0.08',
           '--config.train.warmup_steps=1', '--config.train.num_steps=1000000',
           '--stop_at_step=3', '--config.train.log_every_steps=1',
-          '--config.train.official_path=tf2', '--config.train.precision=float64', *flags]
+          '--config.train.official_path=tf2', '--config.train.precision=float64',
+          '--config.model.upsample_in_float32=True', *flags]
 
 
 def reference_steps() -> List[Dict[str, float]]:

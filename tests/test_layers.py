@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effdet_jax.models import layers
+from effdet_jax.models import bifpn, layers
 from effdet_jax.runtime import cpu_kernels, precision
 
 
@@ -86,6 +86,55 @@ def test_batch_norm_inference_and_training():
   np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-3) * 2.0 + 0.5, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(updates['batch_stats']['mean'], 0.9 * 1.0 + 0.1 * mean, rtol=1e-5)
   np.testing.assert_allclose(updates['batch_stats']['var'], 0.9 * 4.0 + 0.1 * var, rtol=1e-5)
+
+
+def test_batch_norm_moving_statistics_in_float64_take_a_float32_rate():
+  """Keras' update, ra -= (ra - batch) * (1 - momentum), with 1 - momentum a
+  float32 constant: in float64 the rate is float32(0.01), not 0.01."""
+  with jax.enable_x64(True):
+    bn = layers.BatchNorm(momentum=0.99, epsilon=1e-3, dtype=jnp.float64)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 3, 2), jnp.float64)
+    variables = {'params': {'scale': jnp.ones(2, jnp.float64), 'bias': jnp.zeros(2, jnp.float64)},
+                 'batch_stats': {'mean': jnp.full(2, 0.5, jnp.float64),
+                                 'var': jnp.full(2, 2.0, jnp.float64)}}
+    _, updates = bn.apply(variables, x, train=True, mutable=['batch_stats'])
+    xs = np.asarray(x)
+    mean = xs.mean((0, 1, 2))
+    var = np.maximum((xs ** 2).mean((0, 1, 2)) - mean ** 2, 0)
+    rate = np.float64(np.float32(1 - 0.99))
+    assert rate != 1 - 0.99
+    np.testing.assert_allclose(updates['batch_stats']['mean'], 0.5 - (0.5 - mean) * rate,
+                               rtol=1e-15)
+    np.testing.assert_allclose(updates['batch_stats']['var'], 2.0 - (2.0 - var) * rate, rtol=1e-15)
+    # 0.01 itself would be 1e-10 (relative) away
+    assert np.abs(updates['batch_stats']['mean'] - (0.5 - (0.5 - mean) * 0.01)).max() > 1e-12
+
+
+def test_upsampling_in_float32_rounds_a_float64_model_only():
+  """`upsample_in_float32` (the official `_upsample2d` cast): in float64 the
+  upsampled values and their gradients are float32 numbers; in float32 nothing changes."""
+  def resample(dtype, in_float32):
+    module = bifpn.ResampleFeatureMap(3, True, False, 0.99, 1e-3, 'native', dtype, in_float32)
+    def forward(x, w):
+      return jnp.sum(module.apply({}, x, (4, 4), train=False) * w), module.apply({}, x, (4, 4),
+                                                                              train=False)
+    return jax.value_and_grad(forward, has_aux=True)
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 2, 3), jnp.float64)
+    w = jax.random.normal(jax.random.PRNGKey(1), (1, 4, 4, 3), jnp.float64)
+    (_, exact), grad_exact = resample(jnp.float64, False)(x, w)
+    (_, rounded), grad_rounded = resample(jnp.float64, True)(x, w)
+    assert exact.dtype == rounded.dtype == jnp.float64
+    as_float32 = lambda a: np.asarray(a).astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(rounded, as_float32(exact))
+    np.testing.assert_array_equal(grad_rounded, as_float32(grad_rounded))
+    assert np.abs(rounded - exact).max() > 0 and np.abs(grad_rounded - grad_exact).max() > 0
+    np.testing.assert_allclose(grad_rounded, grad_exact, atol=1e-6)
+  x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+  (_, plain), grad_plain = resample(jnp.float32, False)(x32, w32)
+  (_, flagged), grad_flagged = resample(jnp.float32, True)(x32, w32)
+  np.testing.assert_array_equal(plain, flagged)
+  np.testing.assert_array_equal(grad_plain, grad_flagged)
 
 
 def test_bad_settings_are_named():

@@ -70,6 +70,20 @@ def test_huber_loss_regions():
                              [0.5 * 0.05 ** 2, 0.1 * 0.3 - 0.5 * 0.1 ** 2], rtol=1e-6)
 
 
+def test_huber_delta_in_float64_is_tfs_float32_constant():
+  """Keras' Huber casts delta with `tf.cast`, which makes a float32 tensor of a
+  Python float first: in a float64 run the official's delta 0.1 is float32(0.1)."""
+  delta = np.float64(np.float32(0.1))
+  with jax.enable_x64(True):
+    errors = jnp.asarray([0.05, 0.3, -2.0], jnp.float64)
+    got = losses.huber_loss(errors, 0.0, 0.1)
+  assert got.dtype == jnp.float64
+  want = np.where(np.abs(errors) <= delta, 0.5 * np.square(errors),
+                  delta * np.abs(errors) - 0.5 * delta ** 2)
+  np.testing.assert_allclose(got, want, rtol=1e-15)
+  assert abs(float(got[2]) - (0.1 * 2.0 - 0.5 * 0.01)) > 1e-9
+
+
 def level(values, shape):
   return jnp.asarray(values, jnp.float32).reshape(shape)
 

@@ -3,11 +3,12 @@
 the way a user would run it: the batch as a COCO-JSON dataset, D0 from the
 reference's checkpoint, one step, then resumed to three.
 
-What it shows and where the figures come from: docs/parity.md. The first step
-agrees to the reference's float32 storage; after it, training-mode BatchNorm on
-this batch of 4 amplifies any difference ~1e7-fold over two steps (measured:
-a 1e-8 relative change of the input moves the three-step updates by 4%), so
-steps 2-3 are held to what that leaves.
+What it shows and where the figures come from: docs/parity.md. Training-mode
+BatchNorm on this batch of 4 amplifies any difference ~1e5-fold per step, so
+each step is held to what its measured figures allow: the thresholds are ~5x
+the figures measured on a 2-core AMD EPYC, which compiling for older
+instruction sets (`--xla_cpu_max_isa=AVX2` or `SSE4_2`: other float64
+summation orders) moved by at most 3e-8 (relative) at step 3.
 """
 import json
 import os
@@ -64,14 +65,15 @@ def test_metrics_of_three_steps(run):
   assert [r['step'] for r in rows] == [1, 2, 3]
   official = official_training.reference_steps()
   first, second, third = (_relative(r, o) for r, o in zip(rows, official))
-  # Step 1: measured <= 3e-8 for every figure.
-  assert max(v for k, v in first.items() if k != 'grad_norm') < 1e-6, first
-  assert first['grad_norm'] < 1e-5, first
-  # Step 2: losses measured <= 3e-7, the gradient norm 5.4e-5.
-  assert max(second[k] for k in ('loss', 'det_loss', 'cls_loss', 'box_loss', 'l2_loss')) < 1e-6
-  assert second['grad_norm'] < 2e-4 and second['learning_rate'] < 1e-6, second
-  # Step 3: loss measured 2e-4, gradient norm 2e-3.
-  assert third['loss'] < 1e-3 and third['grad_norm'] < 1e-2, third
+  # Step 1: measured <= 1.7e-9 for the losses, 8.8e-9 for the gradient norm.
+  assert max(v for k, v in first.items() if k != 'grad_norm') < 1e-8, first
+  assert first['grad_norm'] < 5e-8, first
+  # Step 2: losses measured <= 2.6e-8, the gradient norm 1e-6.
+  assert max(second[k] for k in ('loss', 'det_loss', 'cls_loss', 'box_loss', 'l2_loss')) < 1e-7
+  assert second['grad_norm'] < 5e-6 and second['learning_rate'] < 1e-6, second
+  # Step 3: losses measured <= 3.7e-6 (the loss 2.1e-6), the gradient norm 1.5e-4.
+  assert max(third[k] for k in ('loss', 'det_loss', 'cls_loss', 'box_loss', 'l2_loss')) < 2e-5
+  assert third['grad_norm'] < 1e-3, third
 
 
 def test_first_update_is_the_official_gradient_clipped(run):
@@ -86,10 +88,10 @@ def test_first_update_is_the_official_gradient_clipped(run):
       'steps'][0]['learning_rate']
   want = {k: -learning_rate * g * min(1.0, 10.0 / total) for k, g in grads.items()}
   errors = official_training.relative_errors(states[1]['update'], want, absolute_below=1e-9)
-  # Measured: median 2.2e-7 (the reference stores float32: 6e-8), the worst 1.6e-5
-  # (BiFPN fusion weights, whose gradient is a sum that cancels).
-  assert np.median(list(errors.values())) < 1e-6
-  assert max(errors.values()) < 1e-4, max(errors.items(), key=lambda kv: kv[1])
+  # Measured: median 9.9e-8 (the reference stores float32: 6e-8), the worst 6.9e-6
+  # (a BiFPN fusion weight, whose gradient is a sum that cancels).
+  assert np.median(list(errors.values())) < 3e-7
+  assert max(errors.values()) < 5e-5, max(errors.items(), key=lambda kv: kv[1])
   frozen_free = [k for k in states[1]['update'] if k not in want]
   assert all('moving_' in k for k in frozen_free)   # the rest are BatchNorm statistics
 
@@ -102,8 +104,10 @@ def test_three_step_updates_and_ema(run):
   stats = [v for k, v in errors.items() if 'moving_' in k]
   weights = [v for k, v in errors.items() if 'moving_' not in k]
   ema_errors = list(official_training.relative_errors(states[3]['ema_update'], ema, 1e-6).values())
-  # Measured: BatchNorm statistics worst 2e-3 (biased batch variance, as the official's
-  # non-fused BatchNorm: with Bessel's correction the 2x2 level alone would be 7% off);
-  # weights and EMA median 2%: the amplified difference of step 1 (module docstring).
-  assert len(stats) == 216 and max(stats) < 1e-2
-  assert np.median(weights) < 0.05 and np.median(ema_errors) < 0.05
+  # Measured: BatchNorm statistics median 7.3e-6, worst 2.4e-5 (biased batch variance,
+  # as the official's non-fused BatchNorm: with Bessel's correction the 2x2 level alone
+  # would be 7% off); weights median 2.0e-4, worst 4.6e-3 and EMA median 1.7e-4, worst
+  # 4.3e-3 (fusion weights): the amplified differences of step 1 (module docstring).
+  assert len(stats) == 216 and max(stats) < 1e-4
+  assert np.median(weights) < 1e-3 and max(weights) < 0.05
+  assert np.median(ema_errors) < 1e-3 and max(ema_errors) < 0.05

@@ -148,3 +148,31 @@ def test_adam_is_the_official_one_on_each_path(path, beta_1, epsilon):
   # The tiny second gradient makes epsilon matter: another epsilon is far off there.
   other = _hand_adam(grads, rates, beta_1, 1e-7 if epsilon == 1e-8 else 1e-8)
   assert abs(other[1] / float(params[1]) - 1) > 0.1
+
+
+def test_float64_updates_take_tf_float32_constants():
+  """In float64 the official hands its Python hyperparameters over as float32
+  tensors: momentum 0.9 is float32(0.9), and each EMA path rounds its rate
+  where TF does (tf1: 1 - decay in float32; tf2: decay cast, then 1 - decay)."""
+  with jax.enable_x64(True):
+    beta = np.float64(np.float32(0.9))
+    assert beta != 0.9
+    g = np.array([0.5, -1.5])
+    slot = np.array([1.0, 2.0])
+    _, velocity = optim.sgd_momentum(jnp.zeros(2), jnp.asarray(slot), jnp.asarray(g), 0.1, 0.9,
+                                     'tf2')
+    np.testing.assert_array_equal(velocity, beta * slot - 0.1 * g)
+    _, accumulator = optim.sgd_momentum(jnp.zeros(2), jnp.asarray(slot), jnp.asarray(g), 0.1,
+                                        0.9, 'tf1')
+    np.testing.assert_array_equal(accumulator, beta * slot + g)
+
+    decay = optim.ema_decay(0.9998, 0, 'tf2')
+    assert decay.dtype == jnp.float32
+    average, new = np.array([1.0, -3.0]), np.array([0.25, 2.0])
+    rates = {'tf1': np.float64(np.float32(1) - np.float32(decay)),
+             'tf2': 1 - np.float64(np.float32(decay))}
+    assert rates['tf1'] != rates['tf2']
+    for path, rate in rates.items():
+      got = optim.ema_update(jnp.asarray(average), jnp.asarray(new), decay, path)
+      assert got.dtype == jnp.float64
+      np.testing.assert_array_equal(got, average - (average - new) * rate)

@@ -74,6 +74,10 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   # Compute dtype: 'float32', 'bfloat16' (parameters stay float32) or 'float64'
   # (checks only); the same field as train.precision (effdet_jax/runtime/precision.py).
   m.dtype = 'float32'
+  # The BiFPN's nearest upsampling in float32 whatever the dtype, as the official's
+  # `_upsample2d` casts. Only float64 changes: it rounds there as the official
+  # float64 model does, for comparisons with it (docs/parity.md).
+  m.upsample_in_float32 = False
   # Rematerialization: recompute backbone blocks and BiFPN cells in the backward
   # pass (less activation memory, ~1/3 more compute), for the big models.
   m.remat = False

@@ -132,6 +132,9 @@ _fused_class_loss_sum.defvjp(_fused_fwd, _fused_bwd)
 
 
 def huber_loss(predictions, targets, delta: float):
+  """The Huber loss; `delta` as the official's Keras/TF1 Huber takes it, a float32
+  constant (in float64, 0.1 is 0.10000000149)."""
+  delta = precision.as_tf_constant(delta, predictions.dtype)
   error = jnp.abs(predictions - targets)
   quadratic = jnp.minimum(error, delta)
   return 0.5 * quadratic ** 2 + delta * (error - quadratic)

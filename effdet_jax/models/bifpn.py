@@ -45,16 +45,22 @@ class FPNSettings:
   bn_epsilon: float
   impl: str
   dtype: Any
+  upsample_in_float32: bool = False
 
   def resample(self, name: str) -> 'ResampleFeatureMap':
     return ResampleFeatureMap(self.num_channels, self.apply_bn_for_resampling,
                               self.conv_after_downsample, self.bn_momentum, self.bn_epsilon,
-                              self.impl, self.dtype, name=name)
+                              self.impl, self.dtype, self.upsample_in_float32, name=name)
 
 
 class ResampleFeatureMap(nn.Module):
   """Match a feature map to a target level: 1x1 conv + BN if the width differs,
-  then 3x3/2 `SAME` max-pool to go down or nearest-neighbour to go up."""
+  then 3x3/2 `SAME` max-pool to go down or nearest-neighbour to go up.
+
+  `upsample_in_float32` resizes in float32 whatever the dtype, as the official's
+  `_upsample2d` casts: a float64 model then rounds these activations, and their
+  gradients, to float32 as the official float64 model does (`model.upsample_in_float32`).
+  """
   num_channels: int
   apply_bn: bool
   conv_after_downsample: bool
@@ -62,6 +68,7 @@ class ResampleFeatureMap(nn.Module):
   bn_epsilon: float
   impl: str
   dtype: Any
+  upsample_in_float32: bool = False
 
   def _match_width(self, x, train):
     if x.shape[-1] == self.num_channels:
@@ -87,7 +94,10 @@ class ResampleFeatureMap(nn.Module):
     if height <= target_h and width <= target_w:
       x = self._match_width(x, train)
       if height < target_h or width < target_w:
-        x = layers.resize_nearest(x, target_h, target_w)
+        if self.upsample_in_float32:
+          x = layers.resize_nearest(x.astype(jnp.float32), target_h, target_w).astype(x.dtype)
+        else:
+          x = layers.resize_nearest(x, target_h, target_w)
       return x
     raise ValueError(f'cannot resample a {height}x{width} feature map to {target_h}x{target_w}')
 

@@ -36,7 +36,9 @@ class EfficientDet(nn.Module):
                             remat=c.remat, name='backbone', **bn)(images, train)
     fpn = FPNSettings(c.fpn_num_filters, c.fpn_weight_method, c.act_type,
                       c.apply_bn_for_resampling, c.conv_after_downsample, impl=impl,
-                      dtype=dtype, **bn)
+                      dtype=dtype, **bn,
+                      # bundles written before the field existed lack it
+                      upsample_in_float32=c.get('upsample_in_float32', False))
     feats = [features[level] for level in range(c.min_level, 6)]
     for level in range(6, c.max_level + 1):
       height, width = feats[-1].shape[1:3]

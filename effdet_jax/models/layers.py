@@ -303,8 +303,10 @@ class BatchNorm(nn.Module):
       mean = jnp.mean(xf, axes)
       var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
       if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        # Keras' form: ra -= (ra - batch) * (1 - momentum), the rate a float32 constant.
+        rate = precision.as_tf_constant(1 - self.momentum, ra_mean.value.dtype)
+        ra_mean.value = ra_mean.value - (ra_mean.value - mean) * rate
+        ra_var.value = ra_var.value - (ra_var.value - var) * rate
     else:
       mean, var = ra_mean.value, ra_var.value
     inv = jax.lax.rsqrt(var + self.epsilon) * scale

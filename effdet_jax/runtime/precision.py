@@ -11,6 +11,7 @@
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 PRECISIONS = ('float32', 'bfloat16', 'float64')
 
@@ -37,6 +38,13 @@ def param_dtype(name: str):
 def at_least_float32(x: jax.Array) -> jax.Array:
   """`x` in float32, or kept in float64 if it is (losses and statistics)."""
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def as_tf_constant(value: float, dtype) -> jax.Array:
+  """A Python hyperparameter as TF hands it to float64 arithmetic: a float32
+  tensor (what `convert_to_tensor` and `tf.cast` make of a Python float), cast.
+  Only float64 sees the difference: momentum 0.9 is 0.8999999761581421 there."""
+  return jnp.asarray(np.float32(value), dtype)
 
 
 def configure(config: ml_collections.ConfigDict) -> None:

@@ -20,6 +20,8 @@ import numpy as np
 from flax import traverse_util
 from jax.flatten_util import ravel_pytree
 
+from effdet_jax.runtime import precision
+
 
 class Lengths(NamedTuple):
   """A run's schedule in steps."""
@@ -203,8 +205,10 @@ def sgd_momentum(params, momentum, grads, learning_rate, beta: float, official_p
   - 'tf2', Keras `SGD`: v = beta * v - lr * grad; param += v.
   They agree while the learning rate is constant and differ when it changes
   (warm-up, decay): TF1's accumulated gradients are scaled by the current rate,
-  Keras' velocity keeps the rates its gradients were taken with.
+  Keras' velocity keeps the rates its gradients were taken with. Both take beta
+  as a float32 constant (`precision.as_tf_constant`).
   """
+  beta = precision.as_tf_constant(beta, params.dtype)
   if check_official_path(official_path) == 'tf2':
     velocity = beta * momentum - learning_rate * grads
     return params + velocity, velocity
@@ -262,5 +266,12 @@ def ema_decay(base: float, step: jnp.ndarray, official_path: str) -> jnp.ndarray
   return jnp.minimum(base, (1.0 + step) / (10.0 + step))
 
 
-def ema_update(average: jnp.ndarray, new: jnp.ndarray, decay) -> jnp.ndarray:
-  return average * decay + new * (1.0 - decay)
+def ema_update(average: jnp.ndarray, new: jnp.ndarray, decay, official_path: str) -> jnp.ndarray:
+  """average -= (average - new) * (1 - decay), the official form; `decay` is
+  float32 (`ema_decay`). TF1's `assign_moving_average` takes 1 - decay in float32,
+  then casts; Keras' `moving_average_update` (tf-addons, TF2) casts decay first."""
+  if check_official_path(official_path) == 'tf1':
+    rate = (1.0 - decay).astype(average.dtype)
+  else:
+    rate = 1.0 - decay.astype(average.dtype)
+  return average - (average - new) * rate

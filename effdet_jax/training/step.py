@@ -126,10 +126,10 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
                                             train.momentum, path)
     ema_params, ema_batch_stats = params, batch_stats
     if train.ema_decay > 0:
-      ema_params = optim.ema_update(state.ema_params, params, decay)
+      ema_params = optim.ema_update(state.ema_params, params, decay, path)
       # TF1 averages the BatchNorm statistics too; TF2 averages trained variables only.
       if path == 'tf1':
-        ema_batch_stats = optim.ema_update(state.ema_batch_stats, batch_stats, decay)
+        ema_batch_stats = optim.ema_update(state.ema_batch_stats, batch_stats, decay, path)
     keep = lambda new, old: jnp.where(finite, new, old)
     metrics = dict(aux, loss=loss, learning_rate=learning_rate, grad_norm=grad_norm)
     fresh = state.step % train.log_every_steps == 0
