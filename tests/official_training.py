@@ -17,10 +17,32 @@ from processes import ROOT
 TRAIN_D0 = os.path.join(PARITY, 'train-d0')
 
 
-def write_dataset(root: str) -> str:
-  """The reference batch's photos (PNG, lossless) and boxes as COCO-JSON; returns the
-  annotation file."""
-  batch = np.load(os.path.join(TRAIN_D0, 'batch.npz'))
+# The non-square batch of tests/data/official_training/d0_320x448_*.json: each
+# reference photo on a black 320x448 canvas at its (row, column) offset.
+NON_SQUARE = ((320, 448), ((0, 0), (64, 192), (32, 96), (64, 0)))
+
+
+def reference_batch(placement=None) -> Dict[str, np.ndarray]:
+  """The reference batch (`images`, `boxes_i`, `classes_i`); with a placement
+  `((height, width), offsets)`, each photo pasted onto a black canvas of that size
+  and its boxes moved with it."""
+  batch = dict(np.load(os.path.join(TRAIN_D0, 'batch.npz')))
+  if placement is None:
+    return batch
+  (height, width), offsets = placement
+  images = np.zeros((len(offsets), height, width, 3), np.uint8)
+  for i, (row, column) in enumerate(offsets):
+    size = batch['images'][i].shape[:2]
+    images[i, row:row + size[0], column:column + size[1]] = batch['images'][i]
+    batch[f'boxes_{i}'] = batch[f'boxes_{i}'] + np.float32([row, column, row, column])
+  batch['images'] = images
+  return batch
+
+
+def write_dataset(root: str, batch=None) -> str:
+  """A batch (by default the reference's) as PNGs (lossless) and COCO-JSON boxes;
+  returns the annotation file."""
+  batch = reference_batch() if batch is None else batch
   os.makedirs(os.path.join(root, 'images'), exist_ok=True)
   images, annotations = [], []
   for i, pixels in enumerate(batch['images']):
@@ -40,7 +62,7 @@ def write_dataset(root: str) -> str:
   return path
 
 
-def command(data_root: str, workdir: str, *flags: str) -> List[str]:
+def command(data_root: str, workdir: str, *flags: str, image_size=(256, 256)) -> List[str]:
   """`effdet_jax.main` with the reference's settings (its README and meta.json)."""
   annotations = os.path.join(data_root, 'annotations.json')
   images = os.path.join(data_root, 'images')
@@ -49,7 +71,7 @@ def command(data_root: str, workdir: str, *flags: str) -> List[str]:
           '--config.data.source=coco_json',
           f'--config.data.train.annotations={annotations}', f'--config.data.train.images={images}',
           f'--config.train.init_checkpoint={os.path.join(TRAIN_D0, "start_ckpt")}',
-          "--config.model.image_size=(256, 256)", '--config.train.global_batch_size=4',
+          f'--config.model.image_size={tuple(image_size)}', '--config.train.global_batch_size=4',
           '--config.data.jitter_min=1.0', '--config.data.jitter_max=1.0',
           '--config.data.input_rand_hflip=False',
           '--config.train.learning_rate=0.08', '--config.train.lr_warmup_init=0.08',
@@ -82,13 +104,14 @@ def relative_errors(ours: Dict[str, np.ndarray], official: Dict[str, np.ndarray]
   return errors
 
 
-def trained_changes(workdir: str, config) -> Dict[str, Dict[str, np.ndarray]]:
+def trained_changes(workdir: str, config, step=None) -> Dict[str, Dict[str, np.ndarray]]:
   """What the run in `workdir` changed, by official name: `update` (weights and
   BatchNorm statistics, value minus start) and `ema_update` (the EMA of the
-  trained weights minus their start), from its latest checkpoint."""
+  trained weights minus their start), from its checkpoint of `step` (the latest
+  by default)."""
   begin = official.official_variables(
       official.load_official_checkpoint(config.train.init_checkpoint, config), config)
-  loaded = weights.load_workdir(workdir, config)
+  loaded = weights.load_workdir(workdir, config, step)
   raw, ema = loaded.raw, loaded.ema
   now, averaged = official.official_variables(raw, config), official.official_variables(ema, config)
   return {'update': {k: now[k] - begin[k] for k in begin},

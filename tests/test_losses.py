@@ -115,6 +115,53 @@ def test_batch_without_objects_gives_finite_loss():
   assert float(out['box_loss']) == 0.0 and float(out['box_iou_loss']) == 0.0
 
 
+def test_iou_loss_masks_decoded_coordinates_as_the_official():
+  """tf2/train_lib.py's BoxIouLoss multiplies the decoded boxes by `target != 0`
+  coordinate by coordinate and counts an anchor where the masked target box is
+  non-empty; so an exact 0 in an encoded target zeroes that index of both boxes."""
+  half = float(np.log(0.5))
+  anchors = jnp.array([[0.0, 0.0, 40.0, 40.0]] * 2)
+  # Anchor 1: ty = 0, target [10, 20, 30, 40] -> [0, 20, 30, 40], prediction
+  # [20, 20, 40, 40] -> [0, 20, 40, 40]: GIoU 600 / 800 = 0.75 (unmasked: 1/3).
+  # Anchor 2: th = 0 zeroes the target's ymax: an empty box, not counted.
+  targets = jnp.array([[0.0, 0.25, half, half, 0.25, 0.25, 0.0, half]]).reshape(1, 1, 1, 8)
+  outputs = jnp.array([[0.25, 0.25, half, half, 0.5, 0.5, 0.3, 0.3]]).reshape(1, 1, 1, 8)
+  out = losses.detection_loss([jnp.zeros((1, 1, 1, 6))], [outputs],
+                              [jnp.zeros((1, 1, 1, 2), jnp.int32)], [targets], jnp.array([2.0]),
+                              iou_loss_type='giou', anchors=anchors, **KW)
+  np.testing.assert_allclose(out['box_iou_loss'], (1 - 0.75) / (3 * 4), rtol=1e-5)
+
+
+def test_iou_loss_pairs_rows_and_anchors_in_the_official_order():
+  """The official concatenates each level's `[B*H*W*A, 4]` rows level by level and
+  decodes them with the anchors tiled image by image, so past the first image's
+  first level a row meets another anchor. Two levels (1x2 and 1x1), two images."""
+  rng = np.random.default_rng(0)
+  anchors = jnp.array([[0.0, 0.0, 40.0, 40.0], [0.0, 40.0, 40.0, 80.0], [0.0, 0.0, 80.0, 80.0]])
+  shapes = [(2, 1, 2, 4), (2, 1, 1, 4)]
+  outputs = [jnp.asarray(rng.normal(0, 0.3, s), jnp.float32) for s in shapes]
+  targets = [jnp.asarray(rng.normal(0, 0.3, s), jnp.float32) for s in shapes]
+  targets[0] = targets[0].at[1, 0, 1, 1].set(0.0)   # tx = 0: that row's xmin is zeroed
+  rows = [(level, image, x) for level in range(2) for image in range(2)
+          for x in range(shapes[level][2])]
+  expected = 0.0
+  for row, (level, image, x) in enumerate(rows):
+    anchor = anchors[row % 3][None]
+    out, tgt = outputs[level][image, 0, x][None], targets[level][image, 0, x][None]
+    mask = (tgt != 0).astype(jnp.float32)
+    pred = box_coder.decode(out, anchor) * mask
+    target = box_coder.decode(tgt, anchor) * mask
+    expected += 1 - float(losses._iou_terms(pred, target, 'giou')[0])
+  kw = dict(KW, num_classes=1, iou_loss_type='giou', anchors=anchors)
+  cls = [jnp.zeros(s[:3] + (1,)) for s in shapes]
+  cls_t = [jnp.zeros(s[:3] + (1,), jnp.int32) for s in shapes]
+  official = losses.detection_loss(cls, outputs, cls_t, targets, jnp.array([1.0, 1.0]), **kw)
+  own = losses.detection_loss(cls, outputs, cls_t, targets, jnp.array([1.0, 1.0]),
+                              iou_official_anchor_order=False, **kw)
+  np.testing.assert_allclose(official['box_iou_loss'], expected / (3 * 4), rtol=1e-5)
+  assert abs(float(own['box_iou_loss']) / float(official['box_iou_loss']) - 1) > 1e-3
+
+
 @pytest.mark.parametrize('iou_type', losses.IOU_TYPES)
 def test_iou_losses(iou_type):
   box = jnp.array([[10.0, 10.0, 50.0, 30.0]])

@@ -148,6 +148,10 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   config.loss.box_loss_weight = 50.0
   config.loss.iou_loss_type = ''        # '' (none) | 'iou' | 'giou' | 'diou' | 'ciou'
   config.loss.iou_loss_weight = 1.0
+  # True: decode the IoU loss's rows with the anchors in the official's order (rows level by
+  # level, images within a level; anchors image by image), as tf2/train_lib.py does;
+  # False: each row with its own anchor. IoU and GIoU differ only where a coordinate is masked.
+  config.loss.iou_official_anchor_order = True
 
   config.train = ml_collections.ConfigDict()
   config.train.global_batch_size = 128

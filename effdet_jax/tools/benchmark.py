@@ -56,7 +56,7 @@ from effdet_jax.models.variables import abstract_variables, init_variables
 from effdet_jax.runtime import cli, huge_pages
 from effdet_jax.tools import op_profile, timing
 from effdet_jax.training import optim
-from effdet_jax.training.step import batch_spec, create_state, make_train_step
+from effdet_jax.training.step import batch_spec, create_state, make_train_step, metric_names
 
 FLAGS = flags.FLAGS
 MODES = ('infer', 'postprocess', 'input', 'train', 'compile', 'ops', 'saved_model', 'tflite')
@@ -173,7 +173,8 @@ def _train_step_and_inputs(config, batch_size: int):
            'image_valid': jnp.ones((batch_size,), bool)}
   segments = jnp.asarray(layout.segment_ids())
   # Distinct buffers, all donated.
-  state = jax.jit(lambda v: create_state(v, layout, config.train.optimizer))(variables)
+  state = jax.jit(lambda v: create_state(v, layout, config.train.optimizer,
+                                         metric_names(config)))(variables)
   return step, (state, batch, segments)
 
 

@@ -39,7 +39,8 @@ from effdet_jax.models.variables import abstract_variables
 from effdet_jax.runtime import cli, parallel, platforms
 from effdet_jax.tools import accelerators
 from effdet_jax.training import optim
-from effdet_jax.training.step import batch_spec, create_state, jit_train_step, make_train_step
+from effdet_jax.training.step import (batch_spec, create_state, jit_train_step, make_train_step,
+                                      metric_names)
 
 FLAGS = flags.FLAGS
 GIB = 2**30
@@ -50,7 +51,9 @@ def train_step_memory(config, per_device_batch: int):
   """The host backend's figures for one device (no sharding)."""
   abstract_vars = abstract_variables(config)
   layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
-  state = jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer), abstract_vars)
+  metrics = metric_names(config)
+  state = jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer, metrics),
+                         abstract_vars)
   batch = batch_spec(config, per_device_batch)
   segments = jax.ShapeDtypeStruct((layout.num_params,), np.int32)
   start = time.perf_counter()
@@ -98,7 +101,8 @@ def compile_for(config: ml_collections.ConfigDict, target: accelerators.Target,
   with platforms.target(target.platform):
     if mode == 'train':
       layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
-      state = _placed(jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer),
+      state = _placed(jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer,
+                                                            metric_names(config)),
                                      abstract_vars), replicated)
       segments = jax.ShapeDtypeStruct((layout.num_params,), np.int32, sharding=replicated)
       step = jit_train_step(config, layout, _schedule(config), mesh)

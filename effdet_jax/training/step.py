@@ -24,6 +24,12 @@ METRICS = ('loss', 'det_loss', 'cls_loss', 'box_loss', 'l2_loss', 'learning_rate
            'num_positives')
 
 
+def metric_names(config: ml_collections.ConfigDict):
+  """What the train step sums for the log: METRICS, and `box_iou_loss` with an
+  IoU-family box loss."""
+  return METRICS + (('box_iou_loss',) if config.loss.iou_loss_type else ())
+
+
 @flax.struct.dataclass
 class TrainState:
   step: jnp.ndarray
@@ -49,15 +55,17 @@ def batch_spec(config: ml_collections.ConfigDict, batch_size: int) -> Dict[str, 
           'image_valid': jax.ShapeDtypeStruct((batch_size,), jnp.bool_)}
 
 
-def create_state(variables, layout: optim.ParamLayout, optimizer: str) -> TrainState:
-  """A fresh state; `optimizer`: config.train.optimizer (which slots it has)."""
+def create_state(variables, layout: optim.ParamLayout, optimizer: str,
+                 metrics=METRICS) -> TrainState:
+  """A fresh state; `optimizer`: config.train.optimizer (which slots it has);
+  `metrics`: what it sums for the log (`metric_names`)."""
   params, batch_stats = layout.flatten(variables)
   adam = optim.check_optimizer(optimizer) == 'adam'
   return TrainState(
       step=jnp.zeros([], jnp.int32), params=params, momentum=jnp.zeros_like(params),
       second_moment=jnp.zeros(params.shape if adam else (), params.dtype),
       batch_stats=batch_stats, ema_params=params, ema_batch_stats=batch_stats,
-      metric_sums={k: jnp.zeros([], layout.dtype) for k in METRICS},
+      metric_sums={k: jnp.zeros([], layout.dtype) for k in metrics},
       metric_count=jnp.zeros([], jnp.int32), first_nonfinite_step=jnp.full([], -1, jnp.int32),
       skipped_steps=jnp.zeros([], jnp.int32))
 
@@ -87,11 +95,14 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
         alpha=loss_cfg.alpha, gamma=loss_cfg.gamma, delta=loss_cfg.delta,
         box_loss_weight=loss_cfg.box_loss_weight, label_smoothing=loss_cfg.label_smoothing,
         iou_loss_type=loss_cfg.iou_loss_type, iou_loss_weight=loss_cfg.iou_loss_weight,
+        iou_official_anchor_order=loss_cfg.iou_official_anchor_order,
         anchors=anchors)
     l2 = optim.l2_loss(params, layout.per_element(l2_tensors, segments), train.weight_decay)
     aux = {'det_loss': det['loss'], 'cls_loss': det['cls_loss'], 'box_loss': det['box_loss'],
            'l2_loss': l2, 'num_positives': jnp.mean(num_positives),
            'batch_stats': layout.flatten_stats(updated['batch_stats'])}
+    if 'box_iou_loss' in det:
+      aux['box_iou_loss'] = det['box_iou_loss']
     return det['loss'] + l2, aux
 
   def train_step(state: TrainState, batch, segments) -> TrainState:
@@ -134,7 +145,7 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
     metrics = dict(aux, loss=loss, learning_rate=learning_rate, grad_norm=grad_norm)
     fresh = state.step % train.log_every_steps == 0
     sums = {k: jnp.where(fresh, 0.0, state.metric_sums[k]) + jnp.where(finite, metrics[k], 0.0)
-            for k in METRICS}
+            for k in state.metric_sums}
     return state.replace(
         step=state.step + 1, params=keep(params, state.params),
         momentum=keep(momentum, state.momentum),

@@ -25,7 +25,7 @@ from effdet_jax.models.variables import abstract_variables, init_variables
 from effdet_jax.runtime import parallel, precision
 from effdet_jax.training import checkpoint, evaluation, optim, weights
 from effdet_jax.training.metrics_writer import TENSORBOARD_DIR, create_writer
-from effdet_jax.training.step import METRICS, TrainState, create_state, jit_train_step
+from effdet_jax.training.step import METRICS, TrainState, create_state, jit_train_step, metric_names
 
 
 class NonFiniteLossError(RuntimeError):
@@ -123,7 +123,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   abstract_vars = abstract_variables(config)
   layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
   abstract_state = checkpoint.abstract_like(
-      jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer), abstract_vars),
+      jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer,
+                                            metric_names(config)), abstract_vars),
       replicated)
   latest = ckpts.latest_step()
   if latest is not None:
@@ -131,7 +132,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     state = ckpts.restore(abstract_state, latest)
   else:
     variables = parallel.replicate(initial_variables(config), mesh)
-    state = jax.jit(lambda v: create_state(v, layout, config.train.optimizer),
+    state = jax.jit(lambda v: create_state(v, layout, config.train.optimizer, metric_names(config)),
                     out_shardings=replicated)(variables)
   start = int(state.step)
 
@@ -217,7 +218,8 @@ def _check_finite(state: TrainState, policy: str):
 def _log(writer, state, step, total_steps, images_per_sec, step_time, bad_images, bad_boxes):
   sums, count, skipped = jax.device_get((state.metric_sums, state.metric_count, state.skipped_steps))
   count = max(int(count), 1)
-  scalars = {k: float(sums[k]) / count for k in METRICS}
+  names = METRICS + tuple(k for k in sums if k not in METRICS)   # box_iou_loss last
+  scalars = {k: float(sums[k]) / count for k in names}
   scalars.update(images_per_sec=round(images_per_sec, 2), step_time_s=round(step_time, 4),
                  skipped_steps=int(skipped),
                  images_skipped=int(sum(bad_images.values())),
