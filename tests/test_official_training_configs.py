@@ -12,12 +12,15 @@ TF 2.15.1. The thresholds are ~5x the figures measured on a 2-core Intel Xeon
 import json
 import os
 import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from effdet_jax.configs.efficientdet import get_config
+from effdet_jax.models import official_checkpoint as official
+from effdet_jax.training import weights
 from effdet_jax.training.metrics_writer import read_metrics
 from conftest import PARITY
 import official_training
@@ -60,13 +63,17 @@ def run(request, tmp_path_factory):
       cwd=ROOT, env=dict(env(1), JAX_COMPILATION_CACHE_DIR=str(root / 'jax_cache')),
       capture_output=True, text=True, timeout=1200)
   assert out.returncode == 0, out.stderr[-4000:]
-  config = get_config('d0')
+  config = _float64(get_config('d0'))
   config.model.image_size = setting['image_size']
-  config.train.precision = 'float64'
-  config.train.init_checkpoint = os.path.join(official_training.TRAIN_D0, 'start_ckpt')
   with jax.enable_x64(True):
     changes = {step: official_training.trained_changes(workdir, config, step) for step in (1, 3)}
-  return name, reference, read_metrics(workdir), changes
+  return name, reference, read_metrics(workdir), changes, workdir, setting
+
+
+def _float64(config):
+  config.train.precision = 'float64'
+  config.train.init_checkpoint = os.path.join(official_training.TRAIN_D0, 'start_ckpt')
+  return config
 
 
 def _errors(ours, official, absolute_below):
@@ -75,7 +82,7 @@ def _errors(ours, official, absolute_below):
 
 
 def test_metrics_of_three_steps(run):
-  name, reference, rows, _ = run
+  name, reference, rows = run[:3]
   assert [r['step'] for r in rows] == [1, 2, 3]
   # Measured (relative): the losses <= 2.0e-9, 1.9e-8, 4.8e-7 in steps 1-3 (box_iou_loss
   # 3.2e-10 at step 1), the gradient norm 3.5e-8, 1.9e-7, 2.8e-6.
@@ -89,7 +96,7 @@ def test_metrics_of_three_steps(run):
 
 
 def test_updates_and_ema(run):
-  name, reference, _, changes = run
+  name, reference, _, changes = run[:4]
   assert set(changes[3]['update']) == set(reference['update_step3'])   # the same variables
   first = _errors(changes[1]['update'], reference['update_step1'], 1e-9)
   third = _errors(changes[3]['update'], reference['update_step3'], 1e-6)
@@ -104,3 +111,24 @@ def test_updates_and_ema(run):
   assert len(stats) == 216 and max(stats) < 4e-5, name
   assert np.median(weights) < 3e-5 and max(weights) < 2e-3, name
   assert np.median(ema) < 3e-5 and max(ema) < 2e-3, name
+
+
+def test_float64_run_exports_to_the_official_layout(run, tmp_path):
+  """`--format tf_checkpoint` of the float64 run: its raw and EMA weights as the
+  float32 the official layout holds."""
+  name, _, _, _, workdir, setting = run
+  out = subprocess.run(
+      [sys.executable, '-m', 'effdet_jax.export', '--config',
+       os.path.join(ROOT, 'effdet_jax', 'configs', 'efficientdet.py') + ':d0',
+       '--checkpoint', workdir, '--output', str(tmp_path), '--format', 'tf_checkpoint',
+       f'--config.model.image_size={setting["image_size"]}', '--config.train.precision=float64'],
+      cwd=ROOT, env=env(1), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  config, config64 = get_config('d0'), _float64(get_config('d0'))
+  config.model.image_size = config64.model.image_size = setting['image_size']
+  with jax.enable_x64(True):
+    trained = weights.load_workdir(workdir, config64)
+  path = os.path.join(str(tmp_path), 'tf_checkpoint')
+  for use_ema, want in ((False, trained.raw), (True, trained.ema)):
+    got = official.load_official_checkpoint(path, config, use_ema=use_ema)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.float32(b)), got, want)

@@ -5,7 +5,7 @@ from ml_collections import config_flags
 from effdet_jax.export.exporter import FORMATS, export
 from effdet_jax.export.saved_model import PLATFORMS
 from effdet_jax.export.tflite import QUANTIZATIONS
-from effdet_jax.runtime import cli
+from effdet_jax.runtime import cli, precision
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'e.g. effdet_jax/configs/efficientdet.py:d0')
@@ -44,6 +44,7 @@ def _image_size(text: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  precision.configure(FLAGS.config)   # a float64 run's checkpoint
   summary = export(FLAGS.config, FLAGS.checkpoint, FLAGS.output, FLAGS.format, FLAGS.categories,
                    FLAGS.per_class_nms, FLAGS.batch_size, FLAGS.static_batch,
                    _image_size(FLAGS.image_size), FLAGS.platforms, FLAGS.quantize,
