@@ -179,6 +179,42 @@ def test_iou_losses(iou_type):
   assert np.isfinite(grad).all()
 
 
+# The official `iou_utils.iou_loss` (automl 6a54c87, TF 2.15.1, in a tf.function as
+# the train step runs it, float64) on the two pairs of PRED and TARGET: the summed
+# loss and its gradient with respect to PRED.
+PRED = [[10., 12., 50., 38.], [5., 5., 20., 40.]]
+TARGET = [[12., 10., 48., 44.], [6., 2., 25., 30.]]
+OFFICIAL_IOU_LOSSES = {
+    'iou': (0.8001312179410712, [-0.013799172593990418, 0.02498548410509508,
+                                 0.013799172593990418, -0.02498548410509508,
+                                 -0.024507401235173025, 0.019101768734157712,
+                                 -0.028358564286414492, 0.010503171957931295]),
+    'giou': (0.8933974718110401, [-0.019093290241049242, 0.02792666057568332,
+                                  0.019093290241049242, -0.02792666057568332,
+                                  -0.024967927550962495, 0.020417558207841927,
+                                  -0.041516459023256604, 0.015246939270950687]),
+    'diou': (0.8293754383995305, [-0.01375704258499566, 0.024259794700160393,
+                                  0.01375704258499566, -0.02571117351002977,
+                                  -0.025531417685312068, 0.022626714504222788,
+                                  -0.029985462334136834, 0.012882642692588106]),
+    'ciou': (0.8303635908258343, [-0.013731765863097984, 0.024214027381221404,
+                                  0.013731765863097984, -0.02566540619109078,
+                                  -0.025511460478349582, 0.02261115928691032,
+                                  -0.02996236899465168, 0.012874089603889898]),
+}
+
+
+@pytest.mark.parametrize('iou_type', losses.IOU_TYPES)
+def test_iou_family_loss_and_gradient_are_the_officials(iou_type):
+  """CIoU included, whose official gradient is not the paper's (losses._iou_terms)."""
+  with jax.enable_x64(True):
+    loss, grad = jax.value_and_grad(lambda p: jnp.sum(1 - losses._iou_terms(
+        p, jnp.asarray(TARGET, jnp.float64), iou_type)))(jnp.asarray(PRED, jnp.float64))
+    want_loss, want_grad = OFFICIAL_IOU_LOSSES[iou_type]
+    assert float(loss) == pytest.approx(want_loss, rel=1e-14)
+    np.testing.assert_allclose(np.asarray(grad).ravel(), want_grad, rtol=1e-12, atol=1e-16)
+
+
 def test_iou_loss_term_uses_decoded_boxes():
   anchors = jnp.array([[0.0, 0.0, 32.0, 32.0]] * 9)
   target_box = jnp.array([[2.0, 3.0, 30.0, 36.0]])

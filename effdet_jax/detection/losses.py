@@ -165,31 +165,16 @@ def _iou_terms(pred, target, iou_type: str):
   diou = iou - _divide_no_nan(center_dist, enc_h ** 2 + enc_w ** 2)
   if iou_type == 'diou':
     return diou
-  v = _aspect_consistency(t_h, t_w, p_h, p_w)
-  alpha = jax.lax.stop_gradient(_divide_no_nan(v, (1 - iou) + v))
+  # CIoU's v = 4/pi^2 (atan(w_t/h_t) - atan(w/h))^2, as a constant: the official's
+  # custom gradient for v (iou_utils._get_v) is taken with respect to the target's
+  # height and width, so no gradient of v reaches the prediction; alpha, which the
+  # paper holds constant, is differentiated. Loss and gradient equal the official's
+  # (tests/test_losses.py).
+  v = jax.lax.stop_gradient(
+      4 * ((jnp.arctan(_divide_no_nan(t_w, t_h)) - jnp.arctan(_divide_no_nan(p_w, p_h)))
+           / math.pi) ** 2)
+  alpha = _divide_no_nan(v, (1 - iou) + v)
   return diou - alpha * v
-
-
-@jax.custom_vjp
-def _aspect_consistency(t_h, t_w, p_h, p_w):
-  """CIoU's v = 4/pi^2 (atan(w_t/h_t) - atan(w/h))^2."""
-  return 4 * ((jnp.arctan(_divide_no_nan(t_w, t_h)) - jnp.arctan(_divide_no_nan(p_w, p_h)))
-              / math.pi) ** 2
-
-
-def _aspect_fwd(t_h, t_w, p_h, p_w):
-  return _aspect_consistency(t_h, t_w, p_h, p_w), (t_h, t_w, p_h, p_w)
-
-
-def _aspect_bwd(res, dv):
-  # The CIoU paper's gradient: the 1 / (w^2 + h^2) factor is dropped for stability.
-  t_h, t_w, p_h, p_w = res
-  arctan = jnp.arctan(_divide_no_nan(t_w, t_h)) - jnp.arctan(_divide_no_nan(p_w, p_h))
-  return (jnp.zeros_like(t_h), jnp.zeros_like(t_w),
-          -dv * 8 * arctan * p_w / math.pi ** 2, dv * 8 * arctan * p_h / math.pi ** 2)
-
-
-_aspect_consistency.defvjp(_aspect_fwd, _aspect_bwd)
 
 
 def _divide_no_nan(a, b):
