@@ -15,6 +15,7 @@ from effdet_jax.training import weights
 from processes import ROOT
 
 TRAIN_D0 = os.path.join(PARITY, 'train-d0')
+D0_CONFIG = os.path.join(ROOT, 'effdet_jax', 'configs', 'efficientdet.py') + ':d0'
 
 
 # The non-square batch of tests/data/official_training/d0_320x448_*.json: each
@@ -66,8 +67,7 @@ def command(data_root: str, workdir: str, *flags: str, image_size=(256, 256)) ->
   """`effdet_jax.main` with the reference's settings (its README and meta.json)."""
   annotations = os.path.join(data_root, 'annotations.json')
   images = os.path.join(data_root, 'images')
-  return [sys.executable, '-m', 'effdet_jax.main', '--config',
-          os.path.join(ROOT, 'effdet_jax', 'configs', 'efficientdet.py') + ':d0', '--workdir', workdir,
+  return [sys.executable, '-m', 'effdet_jax.main', '--config', D0_CONFIG, '--workdir', workdir,
           '--config.data.source=coco_json',
           f'--config.data.train.annotations={annotations}', f'--config.data.train.images={images}',
           f'--config.train.init_checkpoint={os.path.join(TRAIN_D0, "start_ckpt")}',

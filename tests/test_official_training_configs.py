@@ -63,16 +63,19 @@ def run(request, tmp_path_factory):
       cwd=ROOT, env=dict(env(1), JAX_COMPILATION_CACHE_DIR=str(root / 'jax_cache')),
       capture_output=True, text=True, timeout=1200)
   assert out.returncode == 0, out.stderr[-4000:]
-  config = _float64(get_config('d0'))
-  config.model.image_size = setting['image_size']
+  config = _config(setting, float64=True)
   with jax.enable_x64(True):
     changes = {step: official_training.trained_changes(workdir, config, step) for step in (1, 3)}
   return name, reference, read_metrics(workdir), changes, workdir, setting
 
 
-def _float64(config):
-  config.train.precision = 'float64'
-  config.train.init_checkpoint = os.path.join(official_training.TRAIN_D0, 'start_ckpt')
+def _config(setting, float64: bool):
+  """D0 at the setting's size; float64 as the run trained (its checkpoint's dtype)."""
+  config = get_config('d0')
+  config.model.image_size = setting['image_size']
+  if float64:
+    config.train.precision = 'float64'
+    config.train.init_checkpoint = os.path.join(official_training.TRAIN_D0, 'start_ckpt')
   return config
 
 
@@ -116,18 +119,16 @@ def test_updates_and_ema(run):
 def test_float64_run_exports_to_the_official_layout(run, tmp_path):
   """`--format tf_checkpoint` of the float64 run: its raw and EMA weights as the
   float32 the official layout holds."""
-  name, _, _, _, workdir, setting = run
+  _, _, _, _, workdir, setting = run
   out = subprocess.run(
-      [sys.executable, '-m', 'effdet_jax.export', '--config',
-       os.path.join(ROOT, 'effdet_jax', 'configs', 'efficientdet.py') + ':d0',
+      [sys.executable, '-m', 'effdet_jax.export', '--config', official_training.D0_CONFIG,
        '--checkpoint', workdir, '--output', str(tmp_path), '--format', 'tf_checkpoint',
        f'--config.model.image_size={setting["image_size"]}', '--config.train.precision=float64'],
       cwd=ROOT, env=env(1), capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  config, config64 = get_config('d0'), _float64(get_config('d0'))
-  config.model.image_size = config64.model.image_size = setting['image_size']
+  config = _config(setting, float64=False)   # the layout's float32
   with jax.enable_x64(True):
-    trained = weights.load_workdir(workdir, config64)
+    trained = weights.load_workdir(workdir, _config(setting, float64=True))
   path = os.path.join(str(tmp_path), 'tf_checkpoint')
   for use_ema, want in ((False, trained.raw), (True, trained.ema)):
     got = official.load_official_checkpoint(path, config, use_ema=use_ema)
