@@ -30,5 +30,9 @@ setup(
         # XLA's TPU compiler at the versions the TPU programs were validated with
         # (tools/memory.py --target, tests/test_tpu_planning.py); TPU VMs train with it.
         'tpu': ['jax==0.10.2', 'jaxlib==0.10.2', 'libtpu==0.0.42.1'],
+        # XLA's CUDA compiler, for planning GPU runs on a machine without one
+        # (tools/memory.py --target gpu:h200). Not in CI: without a CUDA driver
+        # its import prints "Could not find cuda drivers" in every JAX process.
+        'gpu-plan': ['jax==0.10.2', 'jaxlib==0.10.2', 'jax-cuda12-plugin==0.10.2'],
     },
 )

@@ -157,7 +157,7 @@ def test_a_step_over_the_hbm_is_reported_as_not_fitting(config, monkeypatch):
   def refuse(*args, **kwargs):
     raise jax.errors.JaxRuntimeError(message)
 
-  monkeypatch.setattr(memory, 'compile_for', refuse)
+  monkeypatch.setattr(memory, 'lower_for', refuse)
   report = memory.target_report(config, accelerators.parse('tpu:v3:2x2'), 8)
   assert report['fits'] is False and report['estimated_step_s'] is None
   assert report['temp_bytes_per_device'] == int(15.77 * 2**30)

@@ -5,6 +5,9 @@ A target names a platform and, for TPUs, a slice topology as
 `tpu:v5e:4x4` (16 chips over 4 hosts), `tpu:v3:2x2` (4 chips, 8 cores),
 `tpu:v4:2x2x1`. XLA's TPU compiler comes with `libtpu` (`pip install -e
 '.[tpu]'`, the version this was validated with) and runs on any Linux machine.
+For GPUs, `gpu:h200` or `gpu:h200:8` (8 GPUs of one host): XLA's CUDA compiler
+(`pip install -e '.[gpu-plan]'`) compiles for a GPU described to it, the
+`GpuTargetConfigProto` that `gpu_target_config` writes.
 
 The peak figures are Google's published per-chip numbers (Cloud TPU system
 architecture pages): dense bfloat16 matrix throughput, HBM capacity and HBM
@@ -34,6 +37,9 @@ class Chip:
   hbm_bytes: int            # per chip
   bf16_flops: float         # per chip, per second
   hbm_bytes_per_s: float    # per chip
+  # What a program may use: JAX preallocates 75% of a GPU's memory for XLA
+  # (XLA_PYTHON_CLIENT_MEM_FRACTION); XLA:TPU checks the HBM itself.
+  usable_fraction: float = 1.0
 
   @property
   def hbm_bytes_per_device(self) -> int:
@@ -47,6 +53,50 @@ CHIPS = {
     'v5p': Chip('TPU v5p', 2, 1, 95 * GIB, 459e12, 2765e9),
     'v6e': Chip('TPU v6e', 1, 1, 32 * GIB, 918e12, 1640e9),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpu:
+  """A GPU as XLA's GPU compiler needs it described when it cannot query one
+  (the `gpu_device_info` of a GpuTargetConfigProto), and its published peaks."""
+  chip: Chip
+  description: str          # what the driver calls it
+  compute_capability: Tuple[int, int]
+  sm_count: int
+  clock_ghz: float          # boost clock
+  l2_bytes: int
+  memory_bytes: int         # as the driver reports it
+
+
+# NVIDIA's data sheets (SXM parts): dense bfloat16 tensor-core FLOP/s, memory
+# and its bandwidth. Both are a GH100 with 132 SMs, 50 MiB of L2, 1.98 GHz.
+GPUS = {
+    'h100': Gpu(Chip('NVIDIA H100 SXM', 1, 1, 84978434048, 989e12, 3.35e12, 0.75),
+                'NVIDIA H100 80GB HBM3', (9, 0), 132, 1.98, 50 * 2**20, 84978434048),
+    'h200': Gpu(Chip('NVIDIA H200 SXM', 1, 1, 150754820096, 989e12, 4.8e12, 0.75),
+                'NVIDIA H200', (9, 0), 132, 1.98, 50 * 2**20, 150754820096),
+}
+
+# Per-SM limits of compute capability 9.0 (CUDA programming guide).
+_HOPPER_LIMITS = {
+    'threads_per_block_limit': 1024, 'threads_per_warp': 32, 'shared_memory_per_block': 49152,
+    'shared_memory_per_core': 233472, 'threads_per_core_limit': 2048, 'fpus_per_core': 128,
+    'block_dim_limit_x': 2147483647, 'block_dim_limit_y': 65535, 'block_dim_limit_z': 65535,
+    'shared_memory_per_block_optin': 232448, 'registers_per_core_limit': 65536,
+    'registers_per_block_limit': 65536,
+}
+
+
+def gpu_target_config(gpu: Gpu) -> str:
+  """The GpuTargetConfigProto (text format) XLA compiles for in place of a device."""
+  fields = dict(_HOPPER_LIMITS, core_count=gpu.sm_count, memory_bandwidth=int(gpu.chip.hbm_bytes_per_s),
+                l2_cache_size=gpu.l2_bytes, clock_rate_ghz=gpu.clock_ghz,
+                device_memory_size=gpu.memory_bytes)
+  major, minor = gpu.compute_capability
+  lines = [f'  {k}: {v}' for k, v in fields.items()]
+  lines.append(f'  cuda_compute_capability {{ major: {major} minor: {minor} }}')
+  return ('gpu_device_info {\n' + '\n'.join(lines) + '\n}\n'
+          f'platform_name: "CUDA"\ndevice_description_str: "{gpu.description}"\n')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +123,10 @@ def compile_only_host() -> None:
 
 
 def parse(spec: str) -> Target:
-  """'tpu:<generation>:<topology>' -> its devices, one per JAX device of the slice."""
+  """'tpu:<generation>:<topology>' -> its devices, one per JAX device of the
+  slice; 'gpu:<model>[:<count>]' -> that many GPUs of one host."""
+  if spec.startswith('gpu:'):
+    return _parse_gpu(spec)
   match = re.fullmatch(r'tpu:(v\d+[a-z]?):(\d+(?:x\d+)+)', spec)
   if not match or match.group(1) not in CHIPS:
     raise ValueError(f'--target={spec!r}: expected tpu:<generation>:<topology> with a generation '
@@ -93,6 +146,31 @@ def parse(spec: str) -> Target:
     # libtpu lists both cores of a megacore chip; JAX drives the chip as one device.
     devices = [d for d in devices if d.core_on_chip == 0]
   return Target(spec, 'tpu', chip, tuple(devices))
+
+
+def _parse_gpu(spec: str) -> Target:
+  match = re.fullmatch(r'gpu:([a-z]\d+)(?::(\d+))?', spec)
+  if not match or match.group(1) not in GPUS:
+    raise ValueError(f'--target={spec!r}: expected gpu:<model>[:<count>] with a model of '
+                     f'{sorted(GPUS)}, e.g. gpu:h200 or gpu:h200:8')
+  gpu, count = GPUS[match.group(1)], int(match.group(2) or 1)
+  try:
+    with startup.stderr_filtered(('cudart_stub.cc',)):   # "no CUDA driver here": as intended
+      devices = topologies.get_topology_desc(
+          platform='cuda', topology=f'1x1x{count}', target_config=gpu_target_config(gpu)).devices
+  except Exception as e:  # the CUDA plugin missing: one line says so
+    raise ValueError(f'--target={spec!r}: XLA cannot compile for this GPU here '
+                     f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}); is '
+                     f"XLA's CUDA compiler installed (pip install -e '.[gpu-plan]')?") from e
+  return Target(spec, 'gpu', gpu.chip, tuple(devices))
+
+
+def gpu_compiler_available() -> bool:
+  try:
+    parse('gpu:h200')
+  except ValueError:
+    return False
+  return True
 
 
 def libtpu_available() -> bool:
@@ -143,6 +221,17 @@ def uncosted_ops(hlo_text: str) -> int:
 def estimated_seconds(cost: dict, hlo_text: str) -> float:
   """XLA's estimate of the step's time, with the -1 s of each uncosted op undone."""
   return float(cost['optimal_seconds']) + uncosted_ops(hlo_text)
+
+
+def hlo_flops(lowered) -> float:
+  """FLOPs of a lowered step's whole (unpartitioned) program by XLA's HLO cost
+  analysis on the host: the GPU compiler has no cost analysis without a device.
+  (The public `Lowered.cost_analysis` asks the target's compiler; this is the
+  same analysis JAX runs for the CPU.)"""
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+  module = lowered._lowering.hlo().as_hlo_module()  # pylint: disable=protected-access
+  return float(_jax.hlo_module_cost_analysis(xla_bridge.get_backend('cpu'), module)['flops'])
 
 
 def per_device(costs) -> List[dict]:

@@ -22,6 +22,11 @@ time, FLOPs and bytes per step and per image, the images per second per chip
 that estimate implies and the fractions of the chip's peak FLOP/s and HBM
 bandwidth; and the bytes all-reduced per step. Times are XLA's estimates, not
 measurements (see docs/tpu.md).
+
+For GPUs of one host (`--target gpu:h200[:COUNT]`, `pip install -e
+'.[gpu-plan]'`), XLA's CUDA compiler builds the step for GPUs it is told about:
+memory, FLOPs and all-reduce bytes as above, but no time estimate (XLA has no
+GPU cost model without the device).
 """
 import json
 import re
@@ -86,9 +91,9 @@ def _placed(tree, sharding):
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
 
 
-def compile_for(config: ml_collections.ConfigDict, target: accelerators.Target,
-                global_batch_size: int, mode: str = 'train'):
-  """The step compiled for `target`'s devices (nothing runs); returns it."""
+def lower_for(config: ml_collections.ConfigDict, target: accelerators.Target,
+              global_batch_size: int, mode: str = 'train'):
+  """The step lowered for `target`'s devices (nothing runs); returns it."""
   if mode not in MODES:
     raise ValueError(f'--mode={mode!r}: expected one of {MODES}')
   mesh = parallel.create_mesh(config.model_parallelism, devices=target.devices)
@@ -111,7 +116,13 @@ def compile_for(config: ml_collections.ConfigDict, target: accelerators.Target,
       step = evaluate.jit_eval_step(config, mesh)
       lowered = step.lower(_placed(abstract_vars, replicated),
                            _placed(evaluate.eval_batch_spec(config, global_batch_size), split))
-    return lowered.compile()
+    return lowered
+
+
+def compile_for(config: ml_collections.ConfigDict, target: accelerators.Target,
+                global_batch_size: int, mode: str = 'train'):
+  """The step compiled for `target`'s devices (nothing runs); returns it."""
+  return lower_for(config, target, global_batch_size, mode).compile()
 
 
 def target_config(config: ml_collections.ConfigDict,
@@ -130,7 +141,8 @@ def target_report(config: ml_collections.ConfigDict, target: accelerators.Target
   config = target_config(config, target)
   start = time.perf_counter()
   try:
-    compiled = compile_for(config, target, global_batch_size, mode)
+    lowered = lower_for(config, target, global_batch_size, mode)
+    compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
     if 'RESOURCE_EXHAUSTED' not in str(e):
       raise
@@ -140,7 +152,7 @@ def target_report(config: ml_collections.ConfigDict, target: accelerators.Target
   if hlo_path:
     with open(hlo_path, 'w') as f:
       f.write(compiled.as_text())
-  return report(compiled, config, target, global_batch_size, mode, compile_s)
+  return report(compiled, config, target, global_batch_size, mode, compile_s, lowered)
 
 
 def _does_not_fit(config, target, global_batch_size, mode, message, compile_s) -> dict:
@@ -161,23 +173,31 @@ def _does_not_fit(config, target, global_batch_size, mode, message, compile_s) -
 
 
 def report(compiled, config: ml_collections.ConfigDict, target: accelerators.Target,
-           global_batch_size: int, mode: str, compile_s: float) -> dict:
-  """`compiled`'s figures per device and per chip (see the module docstring)."""
+           global_batch_size: int, mode: str, compile_s: float, lowered=None) -> dict:
+  """`compiled`'s figures per device and per chip (see the module docstring);
+  for a GPU `lowered` too, whose program gives the FLOPs."""
   memory = compiled.memory_analysis()
-  (cost,) = accelerators.per_device(compiled.cost_analysis())
   hlo = compiled.as_text()
   chip = target.chip
   devices = len(target.devices)
   peak = memory.peak_memory_in_bytes or memory.argument_size_in_bytes + memory.temp_size_in_bytes
   hbm = chip.hbm_bytes_per_device
   needed = peak + memory.generated_code_size_in_bytes
-  flops, accessed = float(cost['flops']), float(cost['bytes accessed'])
+  if target.platform == 'gpu':
+    # XLA's GPU compiler has no cost analysis without the device: the FLOPs are
+    # the program's before optimization, and there is no time estimate.
+    flops, accessed = accelerators.hlo_flops(lowered) / devices, None
+    optimal_s = step_s = None
+  else:
+    (cost,) = accelerators.per_device(compiled.cost_analysis())
+    flops, accessed = float(cost['flops']), float(cost['bytes accessed'])
+    optimal_s, step_s = float(cost['optimal_seconds']), accelerators.estimated_seconds(cost, hlo)
   per_chip = chip.devices_per_chip
-  step_s = accelerators.estimated_seconds(cost, hlo)
   # No step is faster than its FLOPs at the chip's peak: an estimate below that
   # means an op the cost model mis-scores (accelerators.UNCOSTED_CUSTOM_CALLS).
   flop_floor_s = flops * per_chip / chip.bf16_flops
-  usable = step_s >= flop_floor_s
+  usable = step_s is not None and step_s >= flop_floor_s
+  per_image = lambda x: x * devices / global_batch_size if x is not None else None
   return {
       'model': config.model.name, 'mode': mode, 'target': target.spec, 'chip': chip.name,
       'devices': devices, 'hosts': target.num_hosts, 'global_batch_size': global_batch_size,
@@ -188,13 +208,14 @@ def report(compiled, config: ml_collections.ConfigDict, target: accelerators.Tar
       'temp_bytes_per_device': int(memory.temp_size_in_bytes),
       'code_bytes_per_device': int(memory.generated_code_size_in_bytes),
       'peak_bytes_per_device': int(peak), 'hbm_bytes_per_device': int(hbm),
-      'fits': bool(needed <= hbm), 'headroom_bytes_per_device': int(hbm - needed),
+      'usable_bytes_per_device': int(hbm * chip.usable_fraction),
+      'fits': bool(needed <= hbm * chip.usable_fraction),
+      'headroom_bytes_per_device': int(hbm * chip.usable_fraction - needed),
       'estimated_step_s': step_s if usable else None,
-      'xla_optimal_seconds': float(cost['optimal_seconds']), 'flop_floor_s': flop_floor_s,
+      'xla_optimal_seconds': optimal_s, 'flop_floor_s': flop_floor_s,
       'uncosted_ops': accelerators.uncosted_ops(hlo),
       'flops_per_device': flops, 'bytes_accessed_per_device': accessed,
-      'flops_per_image': flops * devices / global_batch_size,
-      'bytes_accessed_per_image': accessed * devices / global_batch_size,
+      'flops_per_image': per_image(flops), 'bytes_accessed_per_image': per_image(accessed),
       'estimated_images_per_sec_per_chip':
           global_batch_size / devices * per_chip / step_s if usable else None,
       'peak_flops_fraction': flop_floor_s / step_s if usable else None,
@@ -216,11 +237,19 @@ def _print_target(r: dict):
   if 'xla_error' in r:
     print(f"  DOES NOT FIT {g(r['hbm_bytes_per_device'])} of HBM per device: {r['xla_error']}")
     return
+  usable = ('' if r['usable_bytes_per_device'] == r['hbm_bytes_per_device'] else
+            f" ({g(r['usable_bytes_per_device'])} usable: JAX preallocates 75%)")
   print(f"  per device: {g(r['state_and_batch_bytes_per_device'])} state + batch, "
         f"{g(r['temp_bytes_per_device'])} temporaries, peak {g(r['peak_bytes_per_device'])} "
-        f"+ {g(r['code_bytes_per_device'])} code of {g(r['hbm_bytes_per_device'])} HBM: "
+        f"+ {g(r['code_bytes_per_device'])} code of {g(r['hbm_bytes_per_device'])} HBM"
+        f"{usable}: "
         f"{'fits' if r['fits'] else 'DOES NOT FIT'} ({g(r['headroom_bytes_per_device'])} left)")
-  if r['estimated_step_s'] is None:
+  if r['xla_optimal_seconds'] is None:
+    print(f"  no time estimate (XLA's GPU compiler has no cost model without the device); "
+          f"{r['flops_per_image'] / 1e9:.1f} GFLOP per image, at least "
+          f"{r['flop_floor_s'] * 1e3:.2f} ms per step at the chip's "
+          f"{r['chip_bf16_flops'] / 1e12:.0f} TFLOP/s bf16 peak")
+  elif r['estimated_step_s'] is None:
     print(f"  XLA's time estimate is not usable: "
           f"{r['xla_optimal_seconds'] + r['uncosted_ops']:.4g} s (with the -1 s of "
           f"{r['uncosted_ops']} uncosted ops undone) is below the "
@@ -264,7 +293,8 @@ def main(argv):
 if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'e.g. effdet_jax/configs/efficientdet.py:d0')
   flags.DEFINE_integer('per_device_batch', 4, 'images on each device')
-  flags.DEFINE_string('target', '', 'compile for this slice instead of the host, e.g. tpu:v5e:2x2')
+  flags.DEFINE_string('target', '', 'compile for these accelerators instead of the host: a TPU '
+                      'slice (tpu:v5e:2x2, tpu:v3:4x4) or GPUs of one host (gpu:h200, gpu:h100:8)')
   flags.DEFINE_integer('global_batch_size', 0,
                        'images per step over the whole target (default: per_device_batch per device)')
   flags.DEFINE_enum('precision', '', ['', 'float32', 'bfloat16'],
