@@ -99,7 +99,7 @@ def test_v3_slice_from_the_command_line(tmp_path):
       [sys.executable, '-m', 'effdet_jax.tools.memory',
        '--config', os.path.join(ROOT, 'tests', 'tiny_train_config.py'),
        '--target', 'tpu:v3:2x2', '--global_batch_size', '32', '--precision', 'bfloat16',
-       '--json'], capture_output=True, text=True, cwd=ROOT, timeout=600)
+       '--breakdown', '4', '--json'], capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   _sane(report, 8, 16)
@@ -109,6 +109,12 @@ def test_v3_slice_from_the_command_line(tmp_path):
               'flops_per_image', 'estimated_images_per_sec_per_chip'):
     assert key in report
   assert 'fits' in result.stdout and 'images/s per chip' in result.stdout
+  # The model's most expensive parts, the largest share of XLA's estimate first.
+  parts = report['cost_breakdown']
+  fractions = [p['fraction'] for p in parts]
+  assert len(parts) == 4 and fractions == sorted(fractions, reverse=True) and sum(fractions) < 1
+  assert any(p['part'].startswith('backward EfficientDet/backbone/') for p in parts), parts
+  assert "estimated cycles by model part" in result.stdout
   # libtpu's complaint that this machine is not a TPU VM is not shown.
   assert 'host bounds' not in result.stderr and 'TPU_ACCELERATOR_TYPE' not in result.stderr
 

@@ -42,7 +42,7 @@ from effdet_jax.inference import evaluate
 from effdet_jax.models import layers
 from effdet_jax.models.variables import abstract_variables
 from effdet_jax.runtime import cli, parallel, platforms
-from effdet_jax.tools import accelerators
+from effdet_jax.tools import accelerators, hlo_costs
 from effdet_jax.training import optim
 from effdet_jax.training.step import (batch_spec, create_state, jit_train_step, make_train_step,
                                       metric_names)
@@ -135,9 +135,11 @@ def target_config(config: ml_collections.ConfigDict,
 
 
 def target_report(config: ml_collections.ConfigDict, target: accelerators.Target,
-                  global_batch_size: int, mode: str = 'train', hlo_path: str = '') -> dict:
+                  global_batch_size: int, mode: str = 'train', hlo_path: str = '',
+                  breakdown: int = 0) -> dict:
   """What the compiled step needs and costs on each device of `target`;
-  `hlo_path`: where to write the optimized program's text (XLA's per-op choices)."""
+  `hlo_path`: where to write the optimized program's text (XLA's per-op choices);
+  `breakdown`: how many of the model's most expensive parts to list (TPU)."""
   config = target_config(config, target)
   start = time.perf_counter()
   try:
@@ -152,7 +154,15 @@ def target_report(config: ml_collections.ConfigDict, target: accelerators.Target
   if hlo_path:
     with open(hlo_path, 'w') as f:
       f.write(compiled.as_text())
-  return report(compiled, config, target, global_batch_size, mode, compile_s, lowered)
+  result = report(compiled, config, target, global_batch_size, mode, compile_s, lowered)
+  if breakdown:
+    groups = hlo_costs.breakdown(compiled.as_text())
+    total = sum(g.cycles for g in groups) or 1
+    result['cost_breakdown'] = [
+        {'part': g.name, 'fraction': g.cycles / total, 'ops': g.ops,
+         'op_kinds': {k: c / total for k, c in sorted(g.kinds.items(), key=lambda kc: -kc[1])}}
+        for g in groups[:breakdown]]
+  return result
 
 
 def _does_not_fit(config, target, global_batch_size, mode, message, compile_s) -> dict:
@@ -264,6 +274,11 @@ def _print_target(r: dict):
           f"{100 * r['hbm_bandwidth_fraction']:.0f}% of its {r['chip_hbm_bytes_per_s'] / 1e9:.0f} "
           f"GB/s HBM bandwidth (bytes accessed include on-chip traffic)")
   print(f"  all-reduce: {r['all_reduce_bytes_per_device'] / 2**20:.1f} MiB per device per step")
+  if r.get('cost_breakdown'):
+    print("  XLA's estimated cycles by model part, the largest first:")
+    for part in r['cost_breakdown']:
+      kinds = ', '.join(f'{k} {100 * f:.1f}%' for k, f in list(part['op_kinds'].items())[:3])
+      print(f"  {100 * part['fraction']:5.1f}%  {part['part']}  ({part['ops']} ops: {kinds})")
 
 
 def main(argv):
@@ -275,11 +290,13 @@ def main(argv):
     accelerators.compile_only_host()
     target = accelerators.parse(FLAGS.target)
     batch = FLAGS.global_batch_size or FLAGS.per_device_batch * len(target.devices)
-    result = target_report(config, target, batch, FLAGS.mode, FLAGS.hlo)
+    if FLAGS.breakdown and target.platform != 'tpu':
+      raise app.UsageError('--breakdown needs a TPU target (XLA:TPU costs each op)')
+    result = target_report(config, target, batch, FLAGS.mode, FLAGS.hlo, FLAGS.breakdown)
     _print_target(result)
   else:
-    if FLAGS.mode != 'train' or FLAGS.global_batch_size or FLAGS.hlo:
-      raise app.UsageError('--mode eval, --global_batch_size and --hlo need --target')
+    if FLAGS.mode != 'train' or FLAGS.global_batch_size or FLAGS.hlo or FLAGS.breakdown:
+      raise app.UsageError('--mode eval, --global_batch_size, --hlo and --breakdown need --target')
     result = train_step_memory(config, FLAGS.per_device_batch)
     print(f"{result['model']} train step, {result['per_device_batch']} images/device at "
           f"{result['image_size']}, {result['precision']}, remat {result['remat']}: "
@@ -301,6 +318,8 @@ if __name__ == '__main__':
                     'overrides model.dtype (= train.precision)')
   flags.DEFINE_enum('mode', 'train', list(MODES), 'the step to compile (eval needs --target)')
   flags.DEFINE_string('hlo', '', 'with --target: write the compiled program (HLO text) here')
+  flags.DEFINE_integer('breakdown', 0, 'with a TPU --target: list the N parts of the model '
+                       "with the largest share of XLA's estimate (tools/hlo_costs.py)")
   flags.DEFINE_bool('json', False, 'print one JSON object as the last line')
   flags.mark_flags_as_required(['config'])
   cli.run(main)
