@@ -26,3 +26,10 @@ def test_ops_are_summed_by_model_part_and_direction():
       ('(unnamed)', 20, 1)]
   # The fusion is costed as one op: the 999 cycles inside it are not added.
   assert dict(groups[0].kinds) == {'fusion': 100, 'copy': 50}
+
+
+def test_the_largest_parts_carry_their_share_of_the_program():
+  (top,) = hlo_costs.largest_parts(PROGRAM, 1)
+  assert top['part'] == 'forward EfficientDet/backbone/blocks_#/mul' and top['ops'] == 2
+  assert top['fraction'] == 150 / 200
+  assert top['op_kinds'] == {'fusion': 100 / 200, 'copy': 50 / 200}

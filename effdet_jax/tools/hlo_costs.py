@@ -91,3 +91,12 @@ def breakdown(hlo_text: str) -> List[Group]:
     group.kinds[kind] += cycles
   return sorted(groups.values(), key=lambda g: -g.cycles)
 
+
+def largest_parts(hlo_text: str, count: int) -> List[dict]:
+  """The `count` most expensive parts, each with its share of the program's
+  estimated cycles and the shares of its op kinds, the largest first."""
+  groups = breakdown(hlo_text)
+  total = sum(g.cycles for g in groups) or 1
+  return [{'part': g.name, 'fraction': g.cycles / total, 'ops': g.ops,
+           'op_kinds': {k: c / total for k, c in sorted(g.kinds.items(), key=lambda kc: -kc[1])}}
+          for g in groups[:count]]

@@ -156,12 +156,7 @@ def target_report(config: ml_collections.ConfigDict, target: accelerators.Target
       f.write(compiled.as_text())
   result = report(compiled, config, target, global_batch_size, mode, compile_s, lowered)
   if breakdown:
-    groups = hlo_costs.breakdown(compiled.as_text())
-    total = sum(g.cycles for g in groups) or 1
-    result['cost_breakdown'] = [
-        {'part': g.name, 'fraction': g.cycles / total, 'ops': g.ops,
-         'op_kinds': {k: c / total for k, c in sorted(g.kinds.items(), key=lambda kc: -kc[1])}}
-        for g in groups[:breakdown]]
+    result['cost_breakdown'] = hlo_costs.largest_parts(compiled.as_text(), breakdown)
   return result
 
 
