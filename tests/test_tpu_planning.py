@@ -128,6 +128,16 @@ def test_a_multi_host_slice_partitions(config):
   assert report['hosts'] == 4 and report['all_reduce_bytes_per_device'] > 0
 
 
+def test_devices_are_what_libtpu_lists_per_generation():
+  """v3 and v4: a device per TensorCore, two per chip with half its HBM each
+  (libtpu builds no v4 megacore without a TPU); v5p: one megacore device per chip."""
+  for spec, devices, per_chip, hbm in (('tpu:v3:2x2', 8, 2, 16), ('tpu:v4:2x2x1', 8, 2, 16),
+                                       ('tpu:v5p:2x2x1', 4, 1, 95), ('tpu:v5e:2x2', 4, 1, 16)):
+    target = accelerators.parse(spec)
+    assert len(target.devices) == devices and target.chip.devices_per_chip == per_chip, spec
+    assert target.chip.hbm_bytes_per_device == hbm * 2**30, spec
+
+
 def test_bad_targets_get_one_line():
   with pytest.raises(ValueError, match='expected tpu:<generation>:<topology>'):
     accelerators.parse('tpu:v9:2x2')

@@ -11,8 +11,10 @@ For GPUs, `gpu:h200` or `gpu:h200:8` (8 GPUs of one host): XLA's CUDA compiler
 
 The peak figures are Google's published per-chip numbers (Cloud TPU system
 architecture pages): dense bfloat16 matrix throughput, HBM capacity and HBM
-bandwidth. A JAX device is a TensorCore on v2/v3 (two per chip) and a chip on
-v4/v5p (megacore) and v5e/v6e (one core).
+bandwidth. A device here is what libtpu's topology lists: a TensorCore on v3
+and v4 (two per chip; a v4 VM runs each chip as one megacore device, which
+the compiler without a TPU does not build, so v4 is planned per core), a chip
+on v5p (megacore) and on v5e/v6e (one core).
 """
 import collections
 import dataclasses
@@ -48,7 +50,7 @@ class Chip:
 
 CHIPS = {
     'v3': Chip('TPU v3', 1, 2, 32 * GIB, 123e12, 900e9),
-    'v4': Chip('TPU v4', 2, 1, 32 * GIB, 275e12, 1200e9),
+    'v4': Chip('TPU v4', 1, 2, 32 * GIB, 275e12, 1200e9),
     'v5e': Chip('TPU v5e', 1, 1, 16 * GIB, 197e12, 819e9),
     'v5p': Chip('TPU v5p', 2, 1, 95 * GIB, 459e12, 2765e9),
     'v6e': Chip('TPU v6e', 1, 1, 32 * GIB, 918e12, 1640e9),
