@@ -67,16 +67,16 @@ class Gpu:
   sm_count: int
   clock_ghz: float          # boost clock
   l2_bytes: int
-  memory_bytes: int         # as the driver reports it
 
 
 # NVIDIA's data sheets (SXM parts): dense bfloat16 tensor-core FLOP/s, memory
 # and its bandwidth. Both are a GH100 with 132 SMs, 50 MiB of L2, 1.98 GHz.
 GPUS = {
+    # Memory as the driver reports it (81,042 and 143,771 MiB).
     'h100': Gpu(Chip('NVIDIA H100 SXM', 1, 1, 84978434048, 989e12, 3.35e12, 0.75),
-                'NVIDIA H100 80GB HBM3', (9, 0), 132, 1.98, 50 * 2**20, 84978434048),
+                'NVIDIA H100 80GB HBM3', (9, 0), 132, 1.98, 50 * 2**20),
     'h200': Gpu(Chip('NVIDIA H200 SXM', 1, 1, 150754820096, 989e12, 4.8e12, 0.75),
-                'NVIDIA H200', (9, 0), 132, 1.98, 50 * 2**20, 150754820096),
+                'NVIDIA H200', (9, 0), 132, 1.98, 50 * 2**20),
 }
 
 # Per-SM limits of compute capability 9.0 (CUDA programming guide).
@@ -91,9 +91,9 @@ _HOPPER_LIMITS = {
 
 def gpu_target_config(gpu: Gpu) -> str:
   """The GpuTargetConfigProto (text format) XLA compiles for in place of a device."""
-  fields = dict(_HOPPER_LIMITS, core_count=gpu.sm_count, memory_bandwidth=int(gpu.chip.hbm_bytes_per_s),
-                l2_cache_size=gpu.l2_bytes, clock_rate_ghz=gpu.clock_ghz,
-                device_memory_size=gpu.memory_bytes)
+  fields = dict(_HOPPER_LIMITS, core_count=gpu.sm_count,
+                memory_bandwidth=int(gpu.chip.hbm_bytes_per_s), l2_cache_size=gpu.l2_bytes,
+                clock_rate_ghz=gpu.clock_ghz, device_memory_size=gpu.chip.hbm_bytes)
   major, minor = gpu.compute_capability
   lines = [f'  {k}: {v}' for k, v in fields.items()]
   lines.append(f'  cuda_compute_capability {{ major: {major} minor: {minor} }}')
