@@ -10,7 +10,7 @@ import pytest
 
 import tiny_train_config
 from effdet_jax.models.variables import abstract_variables
-from effdet_jax.tools import accelerators, memory
+from effdet_jax.tools import accelerators
 from effdet_jax.training import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
