@@ -154,10 +154,7 @@ def target_report(config: ml_collections.ConfigDict, target: accelerators.Target
   if hlo_path:
     with open(hlo_path, 'w') as f:
       f.write(compiled.as_text())
-  result = report(compiled, config, target, global_batch_size, mode, compile_s, lowered)
-  if breakdown:
-    result['cost_breakdown'] = hlo_costs.largest_parts(compiled.as_text(), breakdown)
-  return result
+  return report(compiled, config, target, global_batch_size, mode, compile_s, lowered, breakdown)
 
 
 def _does_not_fit(config, target, global_batch_size, mode, message, compile_s) -> dict:
@@ -178,9 +175,11 @@ def _does_not_fit(config, target, global_batch_size, mode, message, compile_s) -
 
 
 def report(compiled, config: ml_collections.ConfigDict, target: accelerators.Target,
-           global_batch_size: int, mode: str, compile_s: float, lowered=None) -> dict:
+           global_batch_size: int, mode: str, compile_s: float, lowered=None,
+           breakdown: int = 0) -> dict:
   """`compiled`'s figures per device and per chip (see the module docstring);
-  for a GPU `lowered` too, whose program gives the FLOPs."""
+  for a GPU `lowered` too, whose program gives the FLOPs; `breakdown`: as in
+  `target_report`."""
   memory = compiled.memory_analysis()
   hlo = compiled.as_text()
   chip = target.chip
@@ -229,6 +228,7 @@ def report(compiled, config: ml_collections.ConfigDict, target: accelerators.Tar
       'chip_bf16_flops': chip.bf16_flops, 'chip_hbm_bytes_per_s': chip.hbm_bytes_per_s,
       'all_reduce_bytes_per_device': accelerators.all_reduce_bytes(hlo),
       'compile_s': round(compile_s, 1),
+      **({'cost_breakdown': hlo_costs.largest_parts(hlo, breakdown)} if breakdown else {}),
   }
 
 
