@@ -69,7 +69,7 @@ def trained(tmp_path_factory):
   head = variables['params']['class_net']['class-predict']
   head['pointwise_kernel'] = head['pointwise_kernel'] * 1e4   # spread the scores (see test_evaluate)
   layout = optim.ParamLayout(jax.eval_shape(lambda: variables))
-  state = create_state(variables, layout, config.train.optimizer)
+  state = create_state(variables, layout, config)
   state = state.replace(params=state.params * 0.5, momentum=state.momentum + 1.0)
   workdir = str(root / 'run')
   ckpts = checkpoint.TrainCheckpoints(workdir, keep=2)

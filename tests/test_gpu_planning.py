@@ -21,14 +21,16 @@ HAVE_COMPILER = accelerators.gpu_compiler_available()
 @pytest.mark.slow   # the compile takes ~70 s
 @pytest.mark.skipif(not HAVE_COMPILER,
                     reason="XLA's CUDA compiler not importable: pip install -e '.[gpu-plan]'")
-def test_train_step_for_two_h200s_from_the_command_line(tmp_path):
+@pytest.mark.parametrize('precision', ['bfloat16', 'float16'])
+def test_train_step_for_two_h200s_from_the_command_line(tmp_path, precision):
   """Memory, FLOPs and the gradient all-reduce; no time estimate. The
-  convolutions are cuDNN's and the anchor matcher is the matrix one (no loop)."""
+  convolutions are cuDNN's, all in the run's precision, and the anchor matcher
+  is the matrix one (no loop)."""
   hlo = str(tmp_path / 'train.hlo')
   result = subprocess.run(
       [sys.executable, '-m', 'effdet_jax.tools.memory',
        '--config', os.path.join(ROOT, 'tests', 'tiny_train_config.py'),
-       '--target', 'gpu:h200:2', '--global_batch_size', '8', '--precision', 'bfloat16',
+       '--target', 'gpu:h200:2', '--global_batch_size', '8', '--precision', precision,
        '--hlo', hlo, '--json'], capture_output=True, text=True, cwd=ROOT, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -42,7 +44,10 @@ def test_train_step_for_two_h200s_from_the_command_line(tmp_path):
   params = optim.ParamLayout(abstract_variables(tiny_train_config.get_config())).num_params
   assert report['all_reduce_bytes_per_device'] >= 2 * params
   text = open(hlo).read()
-  assert text.count('custom_call_target="__cudnn$conv') > 100 and ' while(' not in text
+  convolutions = [line for line in text.splitlines() if 'custom_call_target="__cudnn$conv' in line]
+  assert len(convolutions) > 100 and ' while(' not in text
+  dtype = {'bfloat16': 'bf16', 'float16': 'f16'}[precision]
+  assert all(f'= ({dtype}[' in line for line in convolutions), convolutions[0]
   assert 'no time estimate' in result.stdout
 
 

@@ -1,4 +1,4 @@
-"""float64 runs: the switch, and what it keeps in float64."""
+"""Precision names, and float64 runs: the switch, and what it keeps in float64."""
 import subprocess
 import sys
 
@@ -11,8 +11,11 @@ from processes import ROOT, env
 def test_names_and_dtypes():
   assert str(precision.compute_dtype('bfloat16')) == 'bfloat16'
   assert str(precision.param_dtype('bfloat16')) == 'float32'
+  assert str(precision.compute_dtype('float16')) == 'float16'
+  assert str(precision.param_dtype('float16')) == 'float32'
+  assert precision.scales_loss('float16') and not precision.scales_loss('bfloat16')
   with pytest.raises(ValueError, match='must be one of'):
-    precision.compute_dtype('float16')
+    precision.compute_dtype('half')
 
 
 SCRIPT = '''

@@ -1,7 +1,9 @@
 """The train and eval steps compiled for TPU slices ahead of time (XLA's TPU
 compiler from libtpu, no TPU), on the tiny test model."""
+import collections
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -117,6 +119,21 @@ def test_v3_slice_from_the_command_line(tmp_path):
   assert "estimated cycles by model part" in result.stdout
   # libtpu's complaint that this machine is not a TPU VM is not shown.
   assert 'host bounds' not in result.stderr and 'TPU_ACCELERATOR_TYPE' not in result.stderr
+
+
+def test_the_float16_train_step_compiles_with_float16_convolutions():
+  """float16 with its loss scale: every convolution of the TPU program is
+  float16, as every one is bfloat16 in a bfloat16 run."""
+  f16 = tiny_train_config.get_config()
+  f16.model.dtype = 'float16'
+  target = accelerators.parse('tpu:v5e:2x2')
+  f16 = memory.target_config(f16, target)
+  compiled = memory.compile_for(f16, target, 16)
+  report = memory.report(compiled, f16, target, 16, 'train', 0.0)
+  _sane(report, 4, 16)
+  assert report['precision'] == 'float16'
+  convolutions = re.findall(r'= (\w+)\[[^\]]*\]\S* convolution\(', compiled.as_text())
+  assert len(convolutions) > 100 and set(convolutions) == {'f16'}, collections.Counter(convolutions)
 
 
 def test_a_multi_host_slice_partitions(config):

@@ -152,14 +152,28 @@ def test_sigterm_saves_exits_and_resumes_on_other_devices(data_root, reference, 
   _assert_same_run(workdir, reference)
 
 
-def test_loss_falls_over_a_few_hundred_steps(data_root, tmp_path):
-  workdir = str(tmp_path / 'long')
-  _run(data_root, workdir, '--config.train.num_steps=300', '--config.train.warmup_steps=20',
-       '--config.train.learning_rate=0.1',
-       '--config.train.log_every_steps=50', '--config.train.checkpoint_every_steps=300')
-  losses = [r['loss'] for r in read_metrics(workdir)]
+# Over these 300 steps float32 itself moves each 50-step mean loss by up to 6.5%
+# when only its summation order changes (2 devices instead of 1), float16 with
+# its loss scale by up to 5%, bfloat16 3.5% (measured on a 2-core AMD EPYC):
+# chaotic training amplifies any rounding. The bound is twice float32's own.
+FLOAT16_CURVE_RTOL = 0.13
+
+
+def test_loss_falls_over_a_few_hundred_steps_and_float16_follows_float32(data_root, tmp_path):
+  curves = {}
+  for precision in ('float32', 'float16'):
+    workdir = str(tmp_path / precision)
+    _run(data_root, workdir, '--config.train.num_steps=300', '--config.train.warmup_steps=20',
+         '--config.train.learning_rate=0.1', f'--config.train.precision={precision}',
+         '--config.train.log_every_steps=50', '--config.train.checkpoint_every_steps=300')
+    curves[precision] = read_metrics(workdir)
+  losses = [r['loss'] for r in curves['float32']]
   assert len(losses) == 6
   assert losses[-1] < 0.75 * losses[0], losses
+  half = [r['loss'] for r in curves['float16']]
+  np.testing.assert_allclose(half, losses, rtol=FLOAT16_CURVE_RTOL)
+  assert all(r['loss_scale'] >= 1 for r in curves['float16'])
+  assert all('loss_scale' not in r for r in curves['float32'])
 
 
 def test_fine_tune_from_a_checkpoint_with_a_frozen_backbone(data_root, tmp_path):
@@ -243,7 +257,7 @@ results = []
 for devices in (jax.devices()[:1], jax.devices()):
   mesh = parallel.create_mesh(devices=devices)
   rep = parallel.replicated(mesh)
-  state = jax.jit(lambda v: create_state(v, layout, config.train.optimizer), out_shardings=rep)(parallel.replicate(variables, mesh))
+  state = jax.jit(lambda v: create_state(v, layout, config), out_shardings=rep)(parallel.replicate(variables, mesh))
   device_batch = parallel.to_global({k: batch[k] for k in input_pipeline.TRAIN_DEVICE_KEYS},
                                     parallel.batch_sharding(mesh))
   fn = jax.jit(step, out_shardings=rep)

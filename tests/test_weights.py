@@ -21,7 +21,7 @@ def paths(tmp_path_factory):
   layout = optim.ParamLayout(jax.eval_shape(lambda: variables))
   workdir = str(root / 'run')
   ckpts = checkpoint.TrainCheckpoints(workdir, keep=2)
-  state = create_state(variables, layout, config.train.optimizer)
+  state = create_state(variables, layout, config)
   for step, scale in ((3, 0.5), (5, 0.25)):
     ckpts.save(step, state.replace(params=state.params * scale))
   ckpts.wait()

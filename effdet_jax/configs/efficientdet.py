@@ -71,7 +71,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   # backbones keep EfficientNet's 0.8. 0 disables it.
   m.backbone_survival_prob = 0.0 if backbone == 'efficientnet-b0' else 0.8
   m.head_survival_prob = 0.0
-  # Compute dtype: 'float32', 'bfloat16' (parameters stay float32) or 'float64'
+  # Compute dtype: 'float32', 'bfloat16', 'float16' (parameters stay float32) or 'float64'
   # (checks only); the same field as train.precision (effdet_jax/runtime/precision.py).
   m.dtype = 'float32'
   # The BiFPN's nearest upsampling in float32 whatever the dtype, as the official's
@@ -182,11 +182,17 @@ def get_config(arg: str = 'd0') -> ml_collections.ConfigDict:
   # or 'tf2' (tf2/train_lib.py, Keras): the momentum form, the EMA's first decay,
   # whether the EMA covers BatchNorm statistics, and whether L2 covers frozen kernels.
   config.train.official_path = 'tf1'
-  # 'float32'; 'bfloat16' compute with float32 weights; or 'float64' everything, for
-  # numerical checks (effdet_jax/runtime/precision.py). The same field as model.dtype.
+  # 'float32'; 'bfloat16' or 'float16' compute with float32 weights; or 'float64'
+  # everything, for numerical checks (effdet_jax/runtime/precision.py). The same
+  # field as model.dtype.
   precision = ml_collections.FieldReference(config.model.dtype)
   config.model.dtype = precision
   config.train.precision = precision
+  # float16 only, the dynamic loss scale of Keras' LossScaleOptimizer (the official's
+  # mixed_float16; training/loss_scale.py): it starts here, doubles after this many
+  # finite steps in a row, and halves, skipping the step, when a gradient overflows.
+  config.train.loss_scale = 2.0 ** 15
+  config.train.loss_scale_growth_steps = 2000
   # Variables not trained: a regex on '/'-joined parameter paths, e.g. '^backbone/'.
   config.train.freeze_regex = ''
   # Start from an official TF checkpoint or a converted one (all of it, or only the

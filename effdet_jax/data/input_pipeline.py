@@ -109,7 +109,7 @@ def train_data(config: ml_collections.ConfigDict, start_step: int = 0,
                source: Optional[Source] = None) -> TrainData:
   """This host's training batches from step `start_step` on.
 
-  Each batch: `image` `[B, H, W, 3]` (float32, or the model's bfloat16 or
+  Each batch: `image` `[B, H, W, 3]` (float32, or the model's bfloat16, float16 or
   float64), `boxes` `[B, M, 4]` in input pixels, `classes` `[B, M]` (-1
   padding), `image_valid` `[B]`, `image_id`, and the bad-data counts
   `images_skipped`, `boxes_dropped`, `boxes_clipped` per image.

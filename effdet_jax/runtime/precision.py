@@ -3,6 +3,9 @@
 - `float32`: everything in float32 (the default).
 - `bfloat16`: convolutions and activations in bfloat16, weights, BatchNorm
   statistics, losses and updates in float32.
+- `float16`: the same split in float16 (the official's `mixed_float16`, for
+  GPUs without fast bfloat16); training scales the loss dynamically so small
+  gradients do not flush to zero in float16 (`training/loss_scale.py`).
 - `float64`: everything in float64, for numerical checks only (comparisons
   with the official implementation run in float64, tests that claim two runs
   are equal). It needs JAX's 64-bit mode, which `configure` turns on before
@@ -13,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-PRECISIONS = ('float32', 'bfloat16', 'float64')
+PRECISIONS = ('float32', 'bfloat16', 'float16', 'float64')
 
 
 def _check(name: str) -> str:
@@ -33,6 +36,12 @@ def compute_dtype(name: str):
 def param_dtype(name: str):
   """The dtype of weights, BatchNorm statistics, losses and optimizer state."""
   return jnp.dtype('float64' if _check(name) == 'float64' else 'float32')
+
+
+def scales_loss(name: str) -> bool:
+  """Whether training needs a loss scale: float16's 5 exponent bits flush
+  gradients below 6e-8 to zero, bfloat16 has float32's range."""
+  return _check(name) == 'float16'
 
 
 def at_least_float32(x: jax.Array) -> jax.Array:

@@ -156,6 +156,11 @@ def _parse_gpu(spec: str) -> Target:
     raise ValueError(f'--target={spec!r}: expected gpu:<model>[:<count>] with a model of '
                      f'{sorted(GPUS)}, e.g. gpu:h200 or gpu:h200:8')
   gpu, count = GPUS[match.group(1)], int(match.group(2) or 1)
+  # The CUDA plugin checks the libraries' versions against the GPUs at start-up;
+  # where a CUDA driver library is installed but no GPU, cuInit fails that check
+  # and the plugin is not loaded. Planning uses no GPU: skip it (before JAX
+  # starts its backends, which the first call below does).
+  os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
   try:
     with startup.stderr_filtered(('cudart_stub.cc',)):   # "no CUDA driver here": as intended
       devices = topologies.get_topology_desc(

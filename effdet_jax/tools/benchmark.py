@@ -56,7 +56,7 @@ from effdet_jax.models.variables import abstract_variables, init_variables
 from effdet_jax.runtime import cli, huge_pages
 from effdet_jax.tools import op_profile, timing
 from effdet_jax.training import optim
-from effdet_jax.training.step import batch_spec, create_state, make_train_step, metric_names
+from effdet_jax.training.step import batch_spec, create_state, make_train_step
 
 FLAGS = flags.FLAGS
 MODES = ('infer', 'postprocess', 'input', 'train', 'compile', 'ops', 'saved_model', 'tflite')
@@ -173,8 +173,7 @@ def _train_step_and_inputs(config, batch_size: int):
            'image_valid': jnp.ones((batch_size,), bool)}
   segments = jnp.asarray(layout.segment_ids())
   # Distinct buffers, all donated.
-  state = jax.jit(lambda v: create_state(v, layout, config.train.optimizer,
-                                         metric_names(config)))(variables)
+  state = jax.jit(lambda v: create_state(v, layout, config))(variables)
   return step, (state, batch, segments)
 
 
@@ -384,7 +383,8 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'e.g. effdet_jax/configs/efficientdet.py:d0')
   flags.DEFINE_string('mode', 'infer', f'one of {MODES}')
   flags.DEFINE_integer('batch_size', 1, 'images per step')
-  flags.DEFINE_enum('precision', None, ['float32', 'bfloat16'], 'overrides model.dtype')
+  flags.DEFINE_enum('precision', None, ['float32', 'bfloat16', 'float16'],
+                    'overrides model.dtype')
   flags.DEFINE_integer('repeats', None, 'timed steps (default 10); compile mode: compiles (default 3)')
   flags.DEFINE_integer('warmup', 2, 'calls after compilation left out of the median; the first '
                        'is always made and timed alone (first_call_s)')

@@ -44,8 +44,7 @@ from effdet_jax.models.variables import abstract_variables
 from effdet_jax.runtime import cli, parallel, platforms
 from effdet_jax.tools import accelerators, hlo_costs
 from effdet_jax.training import optim
-from effdet_jax.training.step import (batch_spec, create_state, jit_train_step, make_train_step,
-                                      metric_names)
+from effdet_jax.training.step import batch_spec, create_state, jit_train_step, make_train_step
 
 FLAGS = flags.FLAGS
 GIB = 2**30
@@ -56,9 +55,7 @@ def train_step_memory(config, per_device_batch: int):
   """The host backend's figures for one device (no sharding)."""
   abstract_vars = abstract_variables(config)
   layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
-  metrics = metric_names(config)
-  state = jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer, metrics),
-                         abstract_vars)
+  state = jax.eval_shape(lambda v: create_state(v, layout, config), abstract_vars)
   batch = batch_spec(config, per_device_batch)
   segments = jax.ShapeDtypeStruct((layout.num_params,), np.int32)
   start = time.perf_counter()
@@ -106,9 +103,8 @@ def lower_for(config: ml_collections.ConfigDict, target: accelerators.Target,
   with platforms.target(target.platform):
     if mode == 'train':
       layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
-      state = _placed(jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer,
-                                                            metric_names(config)),
-                                     abstract_vars), replicated)
+      state = _placed(jax.eval_shape(lambda v: create_state(v, layout, config), abstract_vars),
+                      replicated)
       segments = jax.ShapeDtypeStruct((layout.num_params,), np.int32, sharding=replicated)
       step = jit_train_step(config, layout, _schedule(config), mesh)
       lowered = step.lower(state, _placed(batch_spec(config, global_batch_size), split), segments)
@@ -309,7 +305,7 @@ if __name__ == '__main__':
                       'slice (tpu:v5e:2x2, tpu:v3:4x4) or GPUs of one host (gpu:h200, gpu:h100:8)')
   flags.DEFINE_integer('global_batch_size', 0,
                        'images per step over the whole target (default: per_device_batch per device)')
-  flags.DEFINE_enum('precision', '', ['', 'float32', 'bfloat16'],
+  flags.DEFINE_enum('precision', '', ['', 'float32', 'bfloat16', 'float16'],
                     'overrides model.dtype (= train.precision)')
   flags.DEFINE_enum('mode', 'train', list(MODES), 'the step to compile (eval needs --target)')
   flags.DEFINE_string('hlo', '', 'with --target: write the compiled program (HLO text) here')

@@ -1,5 +1,5 @@
 """The training state and the one jitted update: targets, loss, gradients, SGD or
-Adam, EMA, metrics.
+Adam, EMA, metrics, and float16's loss scale.
 
 Everything a resumed run needs to continue exactly is in `TrainState`,
 including the running sums of the logged metrics, so a run restarted from a
@@ -17,8 +17,8 @@ import ml_collections
 from effdet_jax.detection import anchors as anchors_lib
 from effdet_jax.detection import losses, target_assigner
 from effdet_jax.models import build_model, image_hw
-from effdet_jax.runtime import parallel
-from effdet_jax.training import optim
+from effdet_jax.runtime import parallel, precision
+from effdet_jax.training import loss_scale as loss_scale_lib, optim
 
 METRICS = ('loss', 'det_loss', 'cls_loss', 'box_loss', 'l2_loss', 'learning_rate', 'grad_norm',
            'num_positives')
@@ -43,6 +43,7 @@ class TrainState:
   metric_count: jnp.ndarray
   first_nonfinite_step: jnp.ndarray     # -1 while every loss has been finite
   skipped_steps: jnp.ndarray
+  loss_scale: Dict[str, jnp.ndarray]    # float16's (`loss_scale.initial`); {} otherwise
 
 
 def batch_spec(config: ml_collections.ConfigDict, batch_size: int) -> Dict[str, jax.ShapeDtypeStruct]:
@@ -55,19 +56,29 @@ def batch_spec(config: ml_collections.ConfigDict, batch_size: int) -> Dict[str, 
           'image_valid': jax.ShapeDtypeStruct((batch_size,), jnp.bool_)}
 
 
-def create_state(variables, layout: optim.ParamLayout, optimizer: str,
-                 metrics=METRICS) -> TrainState:
-  """A fresh state; `optimizer`: config.train.optimizer (which slots it has);
-  `metrics`: what it sums for the log (`metric_names`)."""
+def bookkeeping(config: ml_collections.ConfigDict, dtype) -> Dict:
+  """The state's entries that do not depend on the weights, as a fresh run has
+  them: what `metric_names` sums (in `dtype`, the weights'), the counters, the
+  loss scale. A checkpoint written before one of them existed resumes with it
+  fresh (`checkpoint.TrainCheckpoints.restore`)."""
+  return {'metric_sums': {k: jnp.zeros([], dtype) for k in metric_names(config)},
+          'metric_count': jnp.zeros([], jnp.int32),
+          'first_nonfinite_step': jnp.full([], -1, jnp.int32),
+          'skipped_steps': jnp.zeros([], jnp.int32),
+          'loss_scale': (loss_scale_lib.initial(config.train)
+                         if precision.scales_loss(config.model.dtype) else {})}
+
+
+def create_state(variables, layout: optim.ParamLayout, config: ml_collections.ConfigDict
+                 ) -> TrainState:
+  """A fresh state: the optimizer's slots as `train.optimizer` has them."""
   params, batch_stats = layout.flatten(variables)
-  adam = optim.check_optimizer(optimizer) == 'adam'
+  adam = optim.check_optimizer(config.train.optimizer) == 'adam'
   return TrainState(
       step=jnp.zeros([], jnp.int32), params=params, momentum=jnp.zeros_like(params),
       second_moment=jnp.zeros(params.shape if adam else (), params.dtype),
       batch_stats=batch_stats, ema_params=params, ema_batch_stats=batch_stats,
-      metric_sums={k: jnp.zeros([], layout.dtype) for k in metrics},
-      metric_count=jnp.zeros([], jnp.int32), first_nonfinite_step=jnp.full([], -1, jnp.int32),
-      skipped_steps=jnp.zeros([], jnp.int32))
+      **bookkeeping(config, layout.dtype))
 
 
 def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout, schedule):
@@ -83,8 +94,9 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
   adam = optim.check_optimizer(train.optimizer) == 'adam'
   beta_1, epsilon = optim.adam_hyperparameters(train.momentum, path)
   l2_tensors = optim.l2_per_tensor(layout, path)
+  scaling = precision.scales_loss(m.dtype)
 
-  def loss_fn(params, batch_stats, batch, rng, segments):
+  def loss_fn(params, batch_stats, batch, rng, segments, scale):
     (cls_outputs, box_outputs), updated = model.apply(
         layout.variables(params, batch_stats), batch['image'], train=True,
         mutable=['batch_stats'], rngs={'dropout': rng})
@@ -103,20 +115,32 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
            'batch_stats': layout.flatten_stats(updated['batch_stats'])}
     if 'box_iou_loss' in det:
       aux['box_iou_loss'] = det['box_iou_loss']
-    return det['loss'] + l2, aux
+    aux['loss'] = det['loss'] + l2
+    return (aux['loss'] * scale if scaling else aux['loss']), aux
 
   def train_step(state: TrainState, batch, segments) -> TrainState:
     rng = jax.random.fold_in(base_rng, state.step)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch, rng, segments)
-    batch_stats = aux.pop('batch_stats')
+    scale = state.loss_scale['scale'] if scaling else None
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, batch, rng, segments, scale)
+    if scaling:    # as Keras' get_unscaled_gradients, before clipping
+      grads = grads * (1.0 / scale)
+    loss, batch_stats = aux.pop('loss'), aux.pop('batch_stats')
     if layout.frozen_tensors:
       grads = grads * layout.per_element(layout.tensor_trainable, segments)
     grad_norm = jnp.sqrt(jnp.sum(jnp.square(grads)))
     if train.clip_gradients_norm > 0:
       grads = optim.clip_gradients(grads, segments, layout, train.clip_gradients_norm)
-    # A non-finite step changes no weight: 'skip' goes on, 'stop' ends the run on the host.
+    # A non-finite step changes no weight: 'skip' goes on, 'stop' ends the run on the
+    # host. float16's overflows are neither: they shrink the loss scale and go on.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    nonfinite = ~finite
+    loss_scale = state.loss_scale
+    if scaling:
+      nonfinite = nonfinite & ~loss_scale_lib.overflowed(loss_scale, jnp.isfinite(loss),
+                                                        jnp.isfinite(grad_norm))
+      loss_scale = loss_scale_lib.update(loss_scale, jnp.isfinite(loss), jnp.isfinite(grad_norm),
+                                         train.loss_scale_growth_steps)
     learning_rate = schedule(state.step)
     decay = optim.ema_decay(train.ema_decay, state.step, path)
     step_size = optim.adam_step_size(learning_rate, state.step, beta_1) if adam else learning_rate
@@ -155,9 +179,10 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
         ema_batch_stats=keep(ema_batch_stats, state.ema_batch_stats),
         metric_sums=sums,
         metric_count=jnp.where(fresh, 0, state.metric_count) + finite.astype(jnp.int32),
-        first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
+        first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & nonfinite, state.step,
                                        state.first_nonfinite_step),
-        skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+        skipped_steps=state.skipped_steps + nonfinite.astype(jnp.int32),
+        loss_scale=loss_scale)
 
   return train_step
 

@@ -25,7 +25,7 @@ from effdet_jax.models.variables import abstract_variables, init_variables
 from effdet_jax.runtime import parallel, precision
 from effdet_jax.training import checkpoint, evaluation, optim, weights
 from effdet_jax.training.metrics_writer import TENSORBOARD_DIR, create_writer
-from effdet_jax.training.step import METRICS, TrainState, create_state, jit_train_step, metric_names
+from effdet_jax.training.step import METRICS, TrainState, bookkeeping, create_state, jit_train_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -123,16 +123,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   abstract_vars = abstract_variables(config)
   layout = optim.ParamLayout(abstract_vars, config.train.freeze_regex)
   abstract_state = checkpoint.abstract_like(
-      jax.eval_shape(lambda v: create_state(v, layout, config.train.optimizer,
-                                            metric_names(config)), abstract_vars),
-      replicated)
+      jax.eval_shape(lambda v: create_state(v, layout, config), abstract_vars), replicated)
   latest = ckpts.latest_step()
   if latest is not None:
     logging.info('resuming from %s step %d', ckpts.directory, latest)
-    state = ckpts.restore(abstract_state, latest)
+    state = ckpts.restore(abstract_state, latest, fresh=bookkeeping(config, layout.dtype))
   else:
     variables = parallel.replicate(initial_variables(config), mesh)
-    state = jax.jit(lambda v: create_state(v, layout, config.train.optimizer, metric_names(config)),
+    state = jax.jit(lambda v: create_state(v, layout, config),
                     out_shardings=replicated)(variables)
   start = int(state.step)
 
@@ -216,7 +214,8 @@ def _check_finite(state: TrainState, policy: str):
 
 
 def _log(writer, state, step, total_steps, images_per_sec, step_time, bad_images, bad_boxes):
-  sums, count, skipped = jax.device_get((state.metric_sums, state.metric_count, state.skipped_steps))
+  sums, count, skipped, loss_scale = jax.device_get(
+      (state.metric_sums, state.metric_count, state.skipped_steps, state.loss_scale))
   count = max(int(count), 1)
   names = METRICS + tuple(k for k in sums if k not in METRICS)   # box_iou_loss last
   scalars = {k: float(sums[k]) / count for k in names}
@@ -224,13 +223,17 @@ def _log(writer, state, step, total_steps, images_per_sec, step_time, bad_images
                  skipped_steps=int(skipped),
                  images_skipped=int(sum(bad_images.values())),
                  boxes_dropped=int(sum(bad_boxes.values())))
+  if loss_scale:   # float16
+    scalars.update(loss_scale=float(loss_scale['scale']),
+                   overflow_steps=int(loss_scale['overflow_steps']))
   writer.write_scalars(step, scalars)
   writer.flush()
   eta = (total_steps - step) * step_time
-  logging.info('step %d/%d (%.0f%%) loss %.4f (cls %.4f box %.5f l2 %.4f) lr %.4g |grad| %.3g '
+  logging.info('step %d/%d (%.0f%%) loss %.4f (cls %.4f box %.5f l2 %.4f) lr %.4g |grad| %.3g%s '
                '%.1f img/s %.3f s/step ETA %s%s', step, total_steps, 100 * step / total_steps,
                scalars['loss'], scalars['cls_loss'], scalars['box_loss'], scalars['l2_loss'],
-               scalars['learning_rate'], scalars['grad_norm'], images_per_sec, step_time,
-               progress.format_eta(eta),
+               scalars['learning_rate'], scalars['grad_norm'],
+               f" loss scale {scalars['loss_scale']:g} ({scalars['overflow_steps']} overflows)"
+               if loss_scale else '', images_per_sec, step_time, progress.format_eta(eta),
                f' (bad data so far: images {bad_images}, boxes {bad_boxes})'
                if any(bad_images.values()) or any(bad_boxes.values()) else '')
