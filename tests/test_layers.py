@@ -141,7 +141,7 @@ def test_bad_settings_are_named():
   with pytest.raises(ValueError, match='conv_impl'):
     layers.resolve_conv_impl('fast')
   with pytest.raises(ValueError, match='model.dtype'):
-    precision.compute_dtype('float16')
+    precision.compute_dtype('half')
   with pytest.raises(ValueError, match='act_type'):
     layers.activation(jnp.zeros(1), 'gelu')
 
