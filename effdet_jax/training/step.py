@@ -133,13 +133,13 @@ def make_train_step(config: ml_collections.ConfigDict, layout: optim.ParamLayout
       grads = optim.clip_gradients(grads, segments, layout, train.clip_gradients_norm)
     # A non-finite step changes no weight: 'skip' goes on, 'stop' ends the run on the
     # host. float16's overflows are neither: they shrink the loss scale and go on.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    loss_finite, grads_finite = jnp.isfinite(loss), jnp.isfinite(grad_norm)
+    finite = loss_finite & grads_finite
     nonfinite = ~finite
     loss_scale = state.loss_scale
     if scaling:
-      nonfinite = nonfinite & ~loss_scale_lib.overflowed(loss_scale, jnp.isfinite(loss),
-                                                        jnp.isfinite(grad_norm))
-      loss_scale = loss_scale_lib.update(loss_scale, jnp.isfinite(loss), jnp.isfinite(grad_norm),
+      nonfinite = nonfinite & ~loss_scale_lib.overflowed(loss_scale, loss_finite, grads_finite)
+      loss_scale = loss_scale_lib.update(loss_scale, loss_finite, grads_finite,
                                          train.loss_scale_growth_steps)
     learning_rate = schedule(state.step)
     decay = optim.ema_decay(train.ema_decay, state.step, path)
